@@ -1,0 +1,123 @@
+"""DS2D2 arguments: defaults from `cfg/ds2d2.yaml`, splitting them from Ultralytics' own keys, and validation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import yaml
+
+
+from ds2d2_yolo.cfg import CFG_DIR
+
+DISTILL_METHODS = ("ds2d2", "cwd", "mgd", "native", "none")
+DISW_MODES = ("auto", "hbb", "obb", "none")
+WAVE_MODES = ("zero", "symmetric", "periodization", "reflect", "periodic", "constant", "smooth")
+WEIGHT_KEYS = (
+    "lambda_exl",
+    "lambda_exh",
+    "lambda_imf",
+    "lambda_imh",
+    "beta",
+    "box_kd",
+    "cwd_tau",
+    "cwd_weight",
+    "mgd_alpha",
+    "mgd_mask_ratio",
+)
+BOOL_KEYS = ("explicit", "implicit_full", "implicit_high")
+
+
+class DS2D2ArgError(ValueError):
+    """A DS2D2 argument is unknown or has a bad value; the message is one line naming the key and the fix."""
+
+
+def defaults() -> dict[str, Any]:
+    """Return the DS2D2 defaults from `cfg/ds2d2.yaml` as a fresh dict."""
+    return yaml.safe_load((CFG_DIR / "ds2d2.yaml").read_text(encoding="utf-8"))
+
+
+def split_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a mixed override dict into (Ultralytics keys, DS2D2 keys).
+
+    Args:
+        overrides (dict | None): Keys for Ultralytics and for DS2D2 together, as a user passes them.
+
+    Returns:
+        (tuple[dict, dict]): Ultralytics overrides (unchanged), and the DS2D2 keys found among them.
+    """
+    ours = set(defaults())
+    overrides = dict(overrides or {})
+    mine = {k: overrides.pop(k) for k in list(overrides) if k in ours}
+    return overrides, mine
+
+
+def _to_bool(key: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+        return v.lower() in {"true", "1", "yes", "on"}
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    raise DS2D2ArgError(f"'{key}={v}' is not a boolean; use {key}=true or {key}=false")
+
+
+def _to_float(key: str, v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise DS2D2ArgError(f"'{key}={v}' is not a number; give a finite value >= 0, e.g. {key}=0.5") from None
+    if not math.isfinite(f) or f < 0:
+        raise DS2D2ArgError(f"'{key}={v}' must be finite and >= 0; e.g. {key}=0.5")
+    return f
+
+
+def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge DS2D2 keys over the defaults and validate them, before any model is built.
+
+    Args:
+        args (dict | None): DS2D2 keys given by the user (strings from the CLI are accepted).
+
+    Returns:
+        (dict): A complete, validated DS2D2 argument dict.
+
+    Raises:
+        DS2D2ArgError: On an unknown key or a bad value, with a one-line message naming the fix.
+    """
+    import pywt
+
+    cfg = defaults()
+    for k, v in (args or {}).items():
+        if k not in cfg:
+            raise DS2D2ArgError(f"unknown DS2D2 key '{k}'; valid keys are: {', '.join(cfg)}")
+        cfg[k] = v
+    cfg["distill"] = str(cfg["distill"]).lower()
+    if cfg["distill"] not in DISTILL_METHODS:
+        raise DS2D2ArgError(f"'distill={cfg['distill']}' is unknown; choose one of {', '.join(DISTILL_METHODS)}")
+    for k in WEIGHT_KEYS:
+        cfg[k] = _to_float(k, cfg[k])
+    if cfg["mgd_mask_ratio"] >= 1:
+        raise DS2D2ArgError(f"'mgd_mask_ratio={cfg['mgd_mask_ratio']}' must be in [0, 1), e.g. 0.65")
+    for k in BOOL_KEYS:
+        cfg[k] = _to_bool(k, cfg[k])
+    try:
+        n = float(cfg["amp_epochs"])
+    except (TypeError, ValueError):
+        n = -1.0
+    if n < 0 or n % 1:
+        raise DS2D2ArgError(f"'amp_epochs={cfg['amp_epochs']}' must be a whole number >= 0, e.g. amp_epochs=3")
+    cfg["amp_epochs"] = int(n)
+    cfg["wavelet"] = str(cfg["wavelet"])
+    if cfg["wavelet"] not in pywt.wavelist(kind="discrete"):
+        raise DS2D2ArgError(
+            f"'wavelet={cfg['wavelet']}' is not a discrete PyWavelets wavelet; e.g. haar, db2, sym4, bior2.2 "
+            f"(see pywt.wavelist(kind='discrete'))"
+        )
+    if cfg["wave_mode"] not in WAVE_MODES:
+        raise DS2D2ArgError(f"'wave_mode={cfg['wave_mode']}' is unknown; choose one of {', '.join(WAVE_MODES)}")
+    cfg["disw"] = str(cfg["disw"]).lower()
+    if cfg["disw"] not in DISW_MODES:
+        raise DS2D2ArgError(f"'disw={cfg['disw']}' is unknown; choose one of {', '.join(DISW_MODES)}")
+    for k in ("teacher", "amplifier"):
+        cfg[k] = str(cfg[k]) if cfg[k] not in (None, "", "None", "none") else None
+    return cfg

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Nothing in this package may reach the network: keep Ultralytics' online checks and downloads off.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
 __version__ = "0.1.0"
 
 _LAZY = {

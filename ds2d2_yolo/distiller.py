@@ -1,0 +1,303 @@
+"""The distillation wrapper: student + adapters trained together, frozen teacher and amplifier kept aside."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ds2d2_yolo.connectors import Adapter, MGDGenerator
+from ds2d2_yolo.disw import disw_weights
+from ds2d2_yolo.dwt import DWT2d, high_frequency
+from ds2d2_yolo.hooks import capture_head_inputs, detection_head, head_features
+from ds2d2_yolo.kd import amplifier_kd
+from ds2d2_yolo.losses import cwd_loss, explicit_band_loss, mgd_loss
+
+LOSS_NAMES = {
+    "ds2d2": ("ex_low", "ex_high", "im_full", "im_high"),
+    "cwd": ("cwd",),
+    "mgd": ("mgd",),
+}
+
+# Attributes Ultralytics reads or writes on `trainer.model`; they belong to the student.
+_STUDENT_ATTRS = frozenset({"names", "nc", "args", "stride", "yaml", "criterion", "class_weights", "end2end", "task"})
+
+
+def match_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
+    """Adapt an image batch to a model's input channels (grey data for an RGB teacher, or the reverse)."""
+    c = img.shape[1]
+    if c == channels:
+        return img
+    if c == 1:
+        return img.expand(-1, channels, -1, -1)
+    if channels == 1:
+        return img.mean(1, keepdim=True)
+    raise ValueError(f"cannot feed {c}-channel images to a {channels}-channel teacher")
+
+
+def _boxes_px(batch: dict, hw: tuple[int, int]) -> torch.Tensor:
+    """Ground-truth boxes of a batch in input pixels: xyxy (M, 4) for detect, xywhr (M, 5) for OBB."""
+    b = batch["bboxes"].float()
+    h, w = hw
+    if b.shape[-1] == 5:
+        return torch.cat([b[:, :4] * b.new_tensor([w, h, w, h]), b[:, 4:]], 1)
+    xy, wh = b[:, :2] * b.new_tensor([w, h]), b[:, 2:4] * b.new_tensor([w, h])
+    return torch.cat([xy - wh / 2, xy + wh / 2], 1)
+
+
+class DS2D2Model(nn.Module):
+    """Training-time wrapper for feature distillation into an Ultralytics detection or OBB student.
+
+    Trainable: the student and the per-level adapters (and the MGD generators). Frozen and hidden from
+    `parameters()`, `state_dict()`, EMA copies and pickles: the teacher and the high-frequency amplifier, so they
+    never reach the optimizer, the EMA or a checkpoint. `loss()` returns the student's YOLO loss with the
+    distillation total appended, and one logged item per term.
+
+    Attributes:
+        student_model (nn.Module): The student being trained.
+        adapters (nn.ModuleList): 1x1 conv per level, student to teacher channels.
+        generators (nn.ModuleList): MGD generation blocks (empty unless method is "mgd").
+        method (str): "ds2d2", "cwd" or "mgd".
+        cfg (dict): Validated DS2D2 arguments.
+    """
+
+    def __init__(
+        self,
+        student_model: nn.Module,
+        teacher_model: nn.Module,
+        cfg: dict[str, Any],
+        class_map: torch.Tensor | None = None,
+        amplifier: nn.Module | None = None,
+    ) -> None:
+        """Build adapters from the channel widths of both heads and check that the levels line up.
+
+        Args:
+            student_model (nn.Module): Ultralytics DetectionModel/OBBModel to train.
+            teacher_model (nn.Module): Frozen teacher of the same task.
+            cfg (dict): Validated DS2D2 arguments (`ds2d2_yolo.config.check_args`).
+            class_map (torch.Tensor | None): Student class i -> teacher class index.
+            amplifier (nn.Module | None): Trained high-frequency amplifier head (required when implicit_high is on).
+        """
+        super().__init__()
+        self.student_model = student_model
+        self.method = cfg["distill"]
+        self.cfg = dict(cfg)
+        self.teacher_channels = int(teacher_model.yaml.get("channels", 3))
+        self._hide("teacher_model", teacher_model)
+        self._hide("amplifier", amplifier)
+        self._hide("class_map", class_map)
+        self.skipped: dict[str, int] = {}
+
+        s_head, t_head = detection_head(student_model), detection_head(teacher_model)
+        if s_head.nl != t_head.nl or not torch.equal(s_head.stride.cpu(), t_head.stride.cpu()):
+            raise ValueError(
+                f"teacher head reads strides {t_head.stride.tolist()} but the student's reads "
+                f"{s_head.stride.tolist()}; pick a teacher whose head uses the same levels (P3/P4/P5)"
+            )
+        s_ch, t_ch = self._level_channels(student_model), self._level_channels(teacher_model)
+        self.adapters = nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch))
+        self.generators = nn.ModuleList(
+            MGDGenerator(ct, cfg["mgd_mask_ratio"]) for ct in t_ch if self.method == "mgd"
+        )
+        self.dwt = DWT2d(cfg["wavelet"], cfg["wave_mode"])
+        task = "obb" if s_head.__class__.__name__.startswith("OBB") else "detect"
+        self.disw_mode = {"auto": "obb" if task == "obb" else "hbb"}.get(cfg["disw"], cfg["disw"])
+
+    # ----------------------------------------------------------------------------------------------------------
+    # plumbing: hidden frozen modules, attribute forwarding to the student, pickling
+    def _hide(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Route the attributes Ultralytics sets on `trainer.model` (nc, names, args, ...) to the student."""
+        if name in _STUDENT_ATTRS and "student_model" in self._modules:
+            setattr(self.student_model, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        """Fall back to the student for attributes the wrapper lacks (stride, names, info, predict, ...)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "student_model" or "student_model" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["student_model"], name)
+
+    def __getstate__(self) -> dict:
+        """Drop the teacher and the amplifier from pickles and deepcopies (EMA, checkpoints, DDP files)."""
+        state = self.__dict__.copy()
+        state["teacher_model"] = None
+        state["amplifier"] = None
+        return state
+
+    def _apply(self, fn, recurse: bool = True):
+        """Move the hidden teacher and amplifier with the wrapper (`.to(device)`)."""
+        super()._apply(fn, recurse)
+        for name in ("teacher_model", "amplifier"):
+            m = self.__dict__.get(name)
+            if m is not None:
+                m._apply(fn)
+        return self
+
+    def train(self, mode: bool = True):
+        """Set train mode on the student and adapters; the teacher and amplifier always stay in eval mode."""
+        super().train(mode)
+        for name in ("teacher_model", "amplifier"):
+            m = self.__dict__.get(name)
+            if m is not None:
+                m.eval()
+        return self
+
+    @staticmethod
+    def _level_channels(model: nn.Module) -> list[int]:
+        """Channels of each head input, found with one tiny forward pass (robust to any head layout)."""
+        ch = int(model.yaml.get("channels", 3))
+        s = int(max(detection_head(model).stride.max().item(), 32)) * 2
+        p = next(model.parameters())
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            feats = head_features(model, torch.zeros(1, ch, s, s, device=p.device, dtype=p.dtype))
+        model.train(was_training)
+        return [f.shape[1] for f in feats]
+
+    # ----------------------------------------------------------------------------------------------------------
+    def forward(self, x, *args, **kwargs):
+        """Return the loss for a batch dict, otherwise the student's predictions."""
+        if isinstance(x, dict):
+            return self.loss(x, *args, **kwargs)
+        return self.student_model(x, *args, **kwargs)
+
+    def fuse(self, *args, **kwargs):
+        """Fuse and return the student: the wrapper is training-only."""
+        return self.student_model.fuse(*args, **kwargs)
+
+    def init_criterion(self):
+        """Build the student's detection criterion."""
+        return self.student_model.init_criterion()
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """Names of the distillation terms logged for this method."""
+        return LOSS_NAMES[self.method]
+
+    def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Student YOLO loss plus the distillation terms.
+
+        Args:
+            batch (dict): Ultralytics batch (img, cls, bboxes, batch_idx).
+            preds (Any): Student predictions, used in validation only.
+
+        Returns:
+            (tuple): Loss vector with the distillation total appended (scaled by batch size like Ultralytics' own
+                terms) and a dict of detached items, one per term.
+        """
+        device = batch["img"].device
+        if not self.training:
+            if preds is None:
+                preds = self.student_model(batch["img"])
+            loss, items = self.student_model.loss(batch, preds)
+            zero = torch.zeros(1, device=device)
+            return torch.cat([loss, zero]), {**items, **{k: zero[0] for k in self.loss_names}}
+
+        store: dict = {}
+        with capture_head_inputs(self.student_model, store, "s"):
+            preds = self.student_model(batch["img"])
+        loss, items = self.student_model.loss(batch, preds)
+        with torch.no_grad():
+            t_feats = head_features(self.teacher_model, match_channels(batch["img"], self.teacher_channels))
+
+        with torch.autocast(device_type=device.type, enabled=False):  # spectral maths and KD in fp32
+            terms = self.distill_terms(store["s"], t_feats, batch)
+        total = torch.zeros(1, device=device)
+        for k, v in terms.items():
+            if not torch.isfinite(v):
+                self._skip(k, v)
+                v = torch.zeros((), device=device)
+            total = total + v
+            items[k] = v.detach().reshape(())
+        return torch.cat([loss, total * batch["img"].shape[0]]), items
+
+    def _skip(self, name: str, value: torch.Tensor) -> None:
+        from ultralytics.utils import LOGGER
+
+        n = self.skipped[name] = self.skipped.get(name, 0) + 1
+        if n <= 3 or n % 100 == 0:
+            LOGGER.warning(f"DS2D2: non-finite '{name}' ({value.item()}) skipped for this step ({n} so far)")
+
+    def distill_terms(
+        self, s_feats: list[torch.Tensor], t_feats: list[torch.Tensor], batch: dict
+    ) -> dict[str, torch.Tensor]:
+        """Weighted distillation terms for one batch, computed in fp32.
+
+        Args:
+            s_feats (list[torch.Tensor]): Student head inputs, one per level (with gradient).
+            t_feats (list[torch.Tensor]): Teacher head inputs (no gradient).
+            batch (dict): The batch (image size and ground-truth boxes for DISW).
+
+        Returns:
+            (dict[str, torch.Tensor]): Term name -> weighted scalar.
+        """
+        cfg = self.cfg
+        s_ad = [a(f.float()) for a, f in zip(self.adapters, s_feats)]
+        t_feats = [f.float() for f in t_feats]
+        zero = s_ad[0].new_zeros(())
+        if self.method == "cwd":
+            return {"cwd": cfg["cwd_weight"] * sum(cwd_loss(s, t, cfg["cwd_tau"]) for s, t in zip(s_ad, t_feats))}
+        if self.method == "mgd":
+            return {"mgd": cfg["mgd_alpha"] * sum(mgd_loss(g(s), t) for g, s, t in zip(self.generators, s_ad, t_feats))}
+
+        out = dict.fromkeys(self.loss_names, zero)
+        need_dwt = cfg["explicit"] or cfg["implicit_high"]
+        hi_s, hi_t = [], []
+        if need_dwt:
+            img_hw = tuple(batch["img"].shape[-2:])
+            boxes = _boxes_px(batch, img_hw) if self.disw_mode != "none" else None
+            bidx = batch["batch_idx"].view(-1).long() if boxes is not None else None
+            lo_sum, hi_sum = zero, zero
+            for fs, ft in zip(s_ad, t_feats):
+                ll_s, h_s = self.dwt(fs)
+                ll_t, h_t = self.dwt(ft)
+                hi_s.append(h_s)
+                hi_t.append(h_t)
+                if cfg["explicit"]:
+                    if boxes is None:
+                        w = ll_s.new_ones(ll_s.shape[0], 1, *ll_s.shape[-2:])
+                    else:
+                        w = disw_weights(boxes, bidx, ll_s.shape[0], img_hw, tuple(ll_s.shape[-2:]), self.disw_mode)
+                    lo, hi = explicit_band_loss(ll_s, h_s, ll_t, h_t, w)
+                    lo_sum, hi_sum = lo_sum + lo, hi_sum + hi
+            out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
+
+        kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"], class_map=self.class_map)
+        if cfg["implicit_full"]:
+            head = detection_head(self.teacher_model)
+            with torch.no_grad():
+                t_out = head.forward_head(t_feats, **head.one2many)
+            s_out = head.forward_head(s_ad, **head.one2many)
+            out["im_full"] = cfg["lambda_imf"] * amplifier_kd(head, s_out, t_out, t_feats, **kd)
+        if cfg["implicit_high"]:
+            if self.amplifier is None:
+                raise RuntimeError("implicit_high is on but no high-frequency amplifier was built or loaded")
+            amp = self.amplifier
+            hf_s = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_s, s_ad)]
+            with torch.no_grad():
+                hf_t = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_t, t_feats)]
+                t_out = amp.forward_head(hf_t, **amp.one2many)
+            s_out = amp.forward_head(hf_s, **amp.one2many)
+            out["im_high"] = cfg["lambda_imh"] * amplifier_kd(amp, s_out, t_out, t_feats, **kd)
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    def connector_state(self) -> dict[str, torch.Tensor]:
+        """State of the trainable non-student parts (adapters, generators), as plain tensors."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("student_model.")}
+
+    def load_connector_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load adapters and generators saved by `connector_state`, strictly."""
+        missing = set(self.connector_state()) ^ set(state)
+        if missing:
+            raise KeyError(f"connector state does not match this model: {sorted(missing)[:5]}")
+        self.load_state_dict(state, strict=False)

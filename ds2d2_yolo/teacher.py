@@ -1,0 +1,125 @@
+"""Loading, checking and fingerprinting the frozen teacher."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ds2d2_yolo.config import DS2D2ArgError
+
+
+@dataclass
+class Teacher:
+    """A loaded, frozen teacher and what distillation needs to know about it.
+
+    Attributes:
+        model (nn.Module): The teacher detection model, eval mode, no gradients.
+        path (str): Where it was loaded from.
+        class_map (torch.Tensor | None): For each student class, the teacher's class index; None when identical.
+        fingerprint (str): sha256 of the teacher's weights, used to match cached amplifiers.
+    """
+
+    model: nn.Module
+    path: str
+    class_map: torch.Tensor | None
+    fingerprint: str
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Return a sha256 over a model's state_dict (names, shapes and fp32 values), stable across devices."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu()
+            h.update(str(tuple(t.shape)).encode())
+            h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", str(name)).lower()
+
+
+def class_mapping(teacher_names: dict | list, data_names: dict | list) -> torch.Tensor | None:
+    """Map the data's classes onto the teacher's.
+
+    Args:
+        teacher_names (dict | list): Teacher class names by index.
+        data_names (dict | list): Dataset (student) class names by index.
+
+    Returns:
+        (torch.Tensor | None): `map[i]` = teacher index of student class i, or None when the lists are identical.
+
+    Raises:
+        DS2D2ArgError: When the counts or the sets of names differ.
+    """
+    t = list(teacher_names.values()) if isinstance(teacher_names, dict) else list(teacher_names)
+    d = list(data_names.values()) if isinstance(data_names, dict) else list(data_names)
+    if [_norm(x) for x in t] == [_norm(x) for x in d]:
+        return None
+    if len(t) != len(d):
+        raise DS2D2ArgError(
+            f"teacher has {len(t)} classes but the data has {len(d)}; use a teacher trained on the same classes "
+            f"(teacher: {t[:5]}{'...' if len(t) > 5 else ''}, data: {d[:5]}{'...' if len(d) > 5 else ''})"
+        )
+    tn = {_norm(x): i for i, x in enumerate(t)}
+    missing = [x for x in d if _norm(x) not in tn]
+    if missing or len(tn) != len(t):
+        raise DS2D2ArgError(
+            f"teacher class names differ from the data's: data classes {missing} are not in the teacher "
+            f"{t}; use a teacher trained on the same classes or rename them in the data yaml"
+        )
+    return torch.tensor([tn[_norm(x)] for x in d], dtype=torch.long)
+
+
+def load_teacher(path: str | Path | None, task: str, data_names: dict | list) -> Teacher:
+    """Load an Ultralytics teacher checkpoint, freeze it and check it against the student's task and data.
+
+    Args:
+        path (str | Path | None): Path to a local Ultralytics `.pt` checkpoint.
+        task (str): The student's task, "detect" or "obb".
+        data_names (dict | list): The dataset's class names.
+
+    Returns:
+        (Teacher): The frozen teacher with its class map and fingerprint.
+
+    Raises:
+        DS2D2ArgError: Missing, unreadable or incompatible teacher, with a one-line message naming the fix.
+    """
+    from ultralytics.nn.tasks import guess_model_task, load_checkpoint
+    from ultralytics.utils import LOGGER
+
+    if path in (None, ""):
+        raise DS2D2ArgError("distillation needs a teacher; pass teacher=path/to/teacher.pt (an Ultralytics checkpoint)")
+    p = Path(path)
+    if not p.is_file():
+        raise DS2D2ArgError(f"teacher file '{path}' not found; pass teacher=path/to/teacher.pt")
+    if p.suffix != ".pt":
+        raise DS2D2ArgError(f"teacher '{path}' is not a .pt checkpoint; pass a trained Ultralytics .pt as teacher=")
+    try:
+        model, _ = load_checkpoint(str(p), device="cpu")
+    except Exception as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise DS2D2ArgError(
+            f"teacher '{path}' is not a readable Ultralytics checkpoint ({msg}); pass a .pt saved by Ultralytics"
+        ) from None
+    if not isinstance(model, nn.Module) or not hasattr(model, "model"):
+        raise DS2D2ArgError(f"teacher '{path}' holds no Ultralytics model; pass a .pt saved by Ultralytics")
+    t_task = guess_model_task(model)
+    if t_task != task:
+        hint = "an OBB teacher (e.g. yolov8n-obb.pt)" if task == "obb" else "a detect teacher (e.g. yolov8n.pt)"
+        raise DS2D2ArgError(f"teacher '{p.name}' is a '{t_task}' model but the student is '{task}'; use {hint}")
+    class_map = class_mapping(getattr(model, "names", {}), data_names)
+    if class_map is not None:
+        pairs = ", ".join(f"{i}->{int(j)}" for i, j in enumerate(class_map.tolist()) if i != j)
+        LOGGER.info(f"DS2D2: teacher class order differs from the data; mapping data->teacher classes {pairs}")
+    model = model.float().eval()
+    for v in model.parameters():
+        v.requires_grad_(False)
+    return Teacher(model=model, path=str(p.resolve()), class_map=class_map, fingerprint=fingerprint(model))

@@ -1,0 +1,341 @@
+"""DS2D2Trainer: Ultralytics' detection/OBB trainer with DS2D2 (or a baseline) distillation wired in."""
+
+from __future__ import annotations
+
+import os
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics import __version__ as ULTRALYTICS_VERSION
+from ultralytics.cfg import DEFAULT_CFG
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.utils import LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils.patches import torch_load
+from ultralytics.utils.torch_utils import (
+    ModelEMA,
+    convert_optimizer_state_dict_to_fp16,
+    strip_optimizer,
+    torch_distributed_zero_first,
+    unwrap_model,
+)
+
+from ds2d2_yolo import __version__
+from ds2d2_yolo.amplifier import amplifier_from_state, atomic_save, load_amplifier, save_amplifier, train_amplifier
+from ds2d2_yolo.config import DS2D2ArgError, check_args, split_overrides
+from ds2d2_yolo.distiller import DS2D2Model
+from ds2d2_yolo.teacher import Teacher, load_teacher
+
+FEATURE_METHODS = ("ds2d2", "cwd", "mgd")
+
+
+def resolve_task(overrides: dict[str, Any]) -> str:
+    """Return the task the student model implies ("detect" or "obb"), the way Ultralytics guesses it.
+
+    Args:
+        overrides (dict): Trainer overrides (model, task, resume).
+
+    Returns:
+        (str): The task.
+
+    Raises:
+        DS2D2ArgError: For tasks other than detect and obb.
+    """
+    from ultralytics.nn.tasks import guess_model_task, load_checkpoint
+
+    task = overrides.get("task")
+    if not task:
+        model = overrides.get("resume") if isinstance(overrides.get("resume"), (str, Path)) else overrides.get("model")
+        if isinstance(model, torch.nn.Module):
+            task = guess_model_task(model)
+        elif model and str(model).endswith(".pt") and Path(model).is_file():
+            task = guess_model_task(load_checkpoint(str(model))[0])
+        else:
+            task = guess_model_task(model) if model else "detect"
+    if task not in {"detect", "obb"}:
+        raise DS2D2ArgError(f"task '{task}' is not supported; DS2D2 distils detect and obb models")
+    return task
+
+
+class DS2D2Trainer(DetectionTrainer):
+    """Ultralytics trainer with DS2D2 distillation, for detection and oriented-box (OBB) students.
+
+    One public name serves both tasks: constructing `DS2D2Trainer` returns a `DS2D2OBBTrainer` when the model is
+    an OBB model, as Ultralytics picks a trainer from the model's task. DS2D2 keys (`teacher`, `distill`,
+    `lambda_*`, ...) are taken out of the overrides and validated before anything is built; everything else goes
+    to Ultralytics unchanged.
+
+    Examples:
+        >>> from ds2d2_yolo import DS2D2Trainer
+        >>> DS2D2Trainer(overrides=dict(model="yolov8n-obb.yaml", data="DOTAv1.yaml", teacher="teacher.pt")).train()
+        >>> YOLO("yolov8n-obb.yaml").train(trainer=DS2D2Trainer, data="DOTAv1.yaml", teacher="teacher.pt")
+    """
+
+    def __new__(cls, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Dispatch to the OBB variant when the student is an OBB model."""
+        if cls is DS2D2Trainer and resolve_task(split_overrides(overrides)[0]) == "obb":
+            cls = DS2D2OBBTrainer
+        return super().__new__(cls)
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Validate DS2D2 arguments and load the teacher before any model or dataloader is built.
+
+        Args:
+            cfg (str | dict): Ultralytics configuration.
+            overrides (dict | None): Ultralytics and DS2D2 keys together.
+            _callbacks (dict | None): Ultralytics callbacks.
+        """
+        overrides, mine = split_overrides(overrides)
+        self.ds2d2 = check_args(mine)
+        self.teacher: Teacher | None = None
+        self._resume_state: dict | None = None
+        self._amplifier = None
+        if self.ds2d2["distill"] == "native":
+            if not self.ds2d2["teacher"]:
+                raise DS2D2ArgError("distill=native needs a teacher; pass teacher=path/to/teacher.pt")
+            overrides["distill_model"] = self.ds2d2["teacher"]
+        super().__init__(cfg, overrides, _callbacks)
+        if self.resume:
+            self._restore_resume_state(mine)
+        if self.ds2d2["distill"] in FEATURE_METHODS:
+            self.teacher = load_teacher(self.ds2d2["teacher"], self.args.task, self.data["names"])
+            if self._resume_state and self._resume_state.get("amplifier"):
+                self._amplifier = amplifier_from_state(
+                    self.teacher.model, self._resume_state["amplifier"], self.teacher.fingerprint, self.ds2d2, "last.pt"
+                )
+            elif self.ds2d2["distill"] == "ds2d2" and self.ds2d2["implicit_high"] and self.ds2d2["amplifier"]:
+                self._amplifier = load_amplifier(
+                    self.ds2d2["amplifier"], self.teacher.model, self.teacher.fingerprint, self.ds2d2
+                )
+        LOGGER.info(f"DS2D2 {__version__}: distill={self.ds2d2['distill']} teacher={self.ds2d2['teacher']}")
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _restore_resume_state(self, given: dict[str, Any]) -> None:
+        """Take the distillation settings from the checkpoint being resumed; only a moved teacher path may change."""
+        ckpt = torch_load(self.args.resume if isinstance(self.args.resume, str) else self.args.model, map_location="cpu")
+        state = ckpt.get("ds2d2") if isinstance(ckpt, dict) else None
+        if not state:
+            if self.ds2d2["distill"] in FEATURE_METHODS:
+                raise DS2D2ArgError(
+                    f"'{self.args.resume}' holds no DS2D2 state to resume; start a new run or resume a DS2D2 last.pt"
+                )
+            return
+        cfg = dict(state["args"])
+        if given.get("teacher"):
+            cfg["teacher"] = given["teacher"]
+        ignored = [k for k in given if k != "teacher" and str(given[k]) != str(cfg.get(k))]
+        if ignored:
+            LOGGER.warning(f"DS2D2 resume ignores {ignored}, using the checkpoint's distillation settings")
+        self.ds2d2 = check_args(cfg)
+        self._resume_state = state
+
+    def setup_model(self):
+        """Build or load the student as Ultralytics does, then wrap it for feature distillation."""
+        ckpt = super().setup_model()
+        if self.teacher is not None and not isinstance(self.model, DS2D2Model):
+            self.model = DS2D2Model(
+                self.model, self.teacher.model, self.ds2d2, class_map=self.teacher.class_map, amplifier=self._amplifier
+            )
+            if self._resume_state:
+                self.model.load_connector_state(self._resume_state["connectors"])
+        return ckpt
+
+    def _setup_train(self):
+        """Ultralytics' setup, then the high-frequency amplifier when it is needed and not given."""
+        super()._setup_train()
+        model = unwrap_model(self.model)
+        if isinstance(model, DS2D2Model) and model.method == "ds2d2" and self.ds2d2["implicit_high"]:
+            if model.amplifier is None:
+                model._hide("amplifier", self._build_amplifier())
+            self._amplifier = model.amplifier
+
+    def _build_amplifier(self):
+        """Train the amplifier on rank 0 (saving `amplifier.pt` beside the run) and share it with other ranks."""
+        path = self.save_dir / "amplifier.pt"
+        if RANK in {-1, 0}:
+            epochs = self.ds2d2["amp_epochs"]
+            LOGGER.info(f"DS2D2: training the high-frequency amplifier for {epochs} epochs -> {path}")
+            head = train_amplifier(
+                self.teacher.model,
+                lambda: (self.preprocess_batch(b) for b in self.train_loader),
+                self.args,
+                epochs,
+                self.ds2d2["wavelet"],
+                self.ds2d2["wave_mode"],
+                class_map=self.teacher.class_map,
+                log=LOGGER.info,
+            )
+            save_amplifier(head, path, self.teacher.fingerprint, self.ds2d2, epochs)
+        if RANK != -1:
+            torch.distributed.barrier()
+            if RANK != 0:
+                head = load_amplifier(path, self.teacher.model, self.teacher.fingerprint, self.ds2d2)
+        return head
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _ds2d2_state(self, ema: DS2D2Model) -> dict[str, Any]:
+        """Everything needed to continue distillation, as plain Python and tensors (no package classes)."""
+        amp = self._amplifier
+        return {
+            "version": __version__,
+            "args": dict(self.ds2d2),
+            "teacher_fingerprint": self.teacher.fingerprint,
+            "connectors": {k: v.detach().cpu().clone() for k, v in ema.connector_state().items()},
+            "amplifier": None
+            if amp is None
+            else {
+                "format": "ds2d2-amplifier/1",
+                "state_dict": {k: v.detach().cpu().clone() for k, v in amp.state_dict().items()},
+                "teacher_fingerprint": self.teacher.fingerprint,
+                "wavelet": self.ds2d2["wavelet"],
+                "wave_mode": self.ds2d2["wave_mode"],
+                "epochs": self.ds2d2["amp_epochs"],
+            },
+        }
+
+    def save_model(self):
+        """Write last.pt/best.pt atomically, each a plain Ultralytics student checkpoint.
+
+        The student (EMA) is saved under "ema" exactly as Ultralytics saves it, so the file loads, validates and
+        exports where this package is not installed. Distillation state goes under the extra "ds2d2" key as plain
+        tensors and dicts, so `resume=True` continues with the same teacher, adapters and amplifier.
+        """
+        ema_model = self.ema.ema
+        wrapped = isinstance(ema_model, DS2D2Model)
+        student = ema_model.student_model if wrapped else ema_model
+        if not all(torch.isfinite(v).all() for v in student.state_dict().values() if v.is_floating_point()):
+            live = unwrap_model(self.model)
+            live = live.student_model if wrapped else live
+            for (k, v), lv in zip(student.state_dict().items(), live.state_dict().values()):
+                if v.is_floating_point() and not torch.isfinite(v).all() and torch.isfinite(lv).all():
+                    v.copy_(lv)  # one non-finite EMA update must not poison every later checkpoint
+        snapshot = deepcopy(student).half().to(memory_format=torch.contiguous_format)
+        snapshot.criterion = None
+        for v in snapshot.state_dict().values():
+            if v.is_floating_point():
+                torch.nan_to_num_(v)
+        ckpt = {
+            "epoch": self.epoch,
+            "best_fitness": self.best_fitness,
+            "stopper": {"best_fitness": self.stopper.best_fitness, "best_epoch": self.stopper.best_epoch},
+            "model": None,
+            "ema": snapshot,
+            "updates": self.ema.updates,
+            "optimizer": convert_optimizer_state_dict_to_fp16(deepcopy(self.optimizer.state_dict())),
+            "scaler": self.scaler.state_dict(),
+            "train_args": vars(self.args),
+            "train_metrics": {**self.metrics, "fitness": self.fitness},
+            "train_results": self.read_results_csv(),
+            "date": datetime.now().astimezone().isoformat(),
+            "version": ULTRALYTICS_VERSION,
+            "license": "AGPL-3.0 (https://ultralytics.com/license)",
+            "docs": "https://docs.ultralytics.com",
+        }
+        if wrapped:
+            ckpt["ds2d2"] = self._ds2d2_state(ema_model)
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        atomic_save(ckpt, self.last)
+        if self.best_fitness == self.fitness:
+            atomic_save(ckpt, self.best)
+        if (self.save_period > 0) and (self.epoch % self.save_period == 0):
+            atomic_save(ckpt, self.wdir / f"epoch{self.epoch}.pt")
+        return True
+
+    def _load_checkpoint_state(self, ckpt):
+        """Load optimizer/scaler/EMA state; the EMA holds a plain student plus the saved connectors."""
+        model = unwrap_model(self.model)
+        if not isinstance(model, DS2D2Model):
+            return super()._load_checkpoint_state(ckpt)
+        super()._load_checkpoint_state({**ckpt, "ema": None})
+        if self.ema and ckpt.get("ema"):
+            self.ema = ModelEMA(self.model)
+            self.ema.ema.student_model.load_state_dict(ckpt["ema"].float().state_dict())
+            self.ema.ema.load_connector_state(ckpt["ds2d2"]["connectors"])
+            self.ema.updates = ckpt["updates"]
+
+    def _handle_nan_recovery(self, epoch):
+        """Recover from a NaN/Inf epoch by reloading last.pt, restoring the student and connectors separately."""
+        model = unwrap_model(self.model)
+        if not isinstance(model, DS2D2Model):
+            return super()._handle_nan_recovery(epoch)
+        bad = (self.loss is not None and not self.loss.isfinite()) or (
+            self.fitness is not None and not np.isfinite(self.fitness)
+        )
+        bad = RANK in {-1, 0} and bool(bad)
+        if RANK != -1:
+            flag = [bad if RANK == 0 else None]
+            torch.distributed.broadcast_object_list(flag, 0)
+            bad = flag[0]
+        if not bad:
+            return False
+        if epoch == self.start_epoch:
+            LOGGER.warning("NaN/Inf detected in the first epoch; no last.pt to recover from yet")
+            return False
+        if not self.last.exists():
+            raise RuntimeError("NaN/Inf detected but no last.pt is available for recovery")
+        self.nan_recovery_attempts += 1
+        if self.nan_recovery_attempts > 3:
+            raise RuntimeError(f"Training failed: NaN persisted for {self.nan_recovery_attempts} epochs")
+        LOGGER.warning(f"NaN/Inf detected (attempt {self.nan_recovery_attempts}/3), recovering from last.pt...")
+        self._model_train()
+        ckpt = torch_load(self.last, map_location="cpu")
+        model.student_model.load_state_dict(ckpt["ema"].float().state_dict())
+        model.load_connector_state(ckpt["ds2d2"]["connectors"])
+        self._load_checkpoint_state(ckpt)
+        self.scheduler.last_epoch = epoch - 1
+        return True
+
+    def final_eval(self):
+        """Strip the optimizer from last.pt/best.pt atomically, then validate best.pt as Ultralytics does."""
+        with torch_distributed_zero_first(LOCAL_RANK):
+            if RANK in {-1, 0}:
+                ckpt = _strip_atomic(self.last) if self.last.exists() else {}
+                if self.best.exists():
+                    _strip_atomic(self.best, updates={"train_results": ckpt.get("train_results")})
+        if self.best.exists():
+            LOGGER.info(f"\nValidating {self.best}...")
+            self.validator.args.plots = self.args.plots
+            self.validator.args.compile = False
+            self.metrics = self.validator(model=self.best)
+            self.metrics.pop("fitness", None)
+            self.epoch += 1  # log best metrics at step epochs+1, as Ultralytics does
+            self.run_callbacks("on_fit_epoch_end")
+            self.epoch -= 1
+
+
+def _strip_atomic(path: Path, updates: dict | None = None) -> dict:
+    """`strip_optimizer` into a temporary file, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.strip.tmp")
+    try:
+        ckpt = strip_optimizer(path, s=str(tmp), updates=updates)
+        if tmp.exists():
+            os.replace(tmp, path)
+        return ckpt
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class DS2D2OBBTrainer(DS2D2Trainer, OBBTrainer):
+    """DS2D2Trainer for oriented-box students (returned by `DS2D2Trainer(...)` when the model is OBB)."""
+
+
+def build_amplifier_file(overrides: dict[str, Any]) -> Path:
+    """Train the high-frequency amplifier for `teacher` on `data` and write `amplifier.pt` in a new run folder.
+
+    Args:
+        overrides (dict): `teacher`, `data` and any Ultralytics/DS2D2 keys (batch, imgsz, amp_epochs, ...).
+
+    Returns:
+        (Path): The amplifier file.
+    """
+    overrides = {**overrides, "distill": "ds2d2", "amplifier": None, "implicit_high": True}
+    overrides.setdefault("model", overrides.get("teacher"))
+    trainer = DS2D2Trainer(overrides=overrides)
+    trainer.model = trainer.teacher.model.to(trainer.device)  # gives the dataloader its stride
+    trainer.train_loader = trainer.get_dataloader(trainer.data["train"], trainer.batch_size, rank=LOCAL_RANK)
+    trainer._build_amplifier()
+    return trainer.save_dir / "amplifier.pt"

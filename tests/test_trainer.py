@@ -1,0 +1,201 @@
+"""DS2D2Trainer end to end: real Ultralytics training loops on tiny models, synthetic and real DOTA data."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import textwrap
+from copy import deepcopy
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import V8_TEACHER, Y26_TEACHER, need_shared, train_overrides
+
+from ds2d2_yolo import DS2D2Trainer
+from ds2d2_yolo.teacher import fingerprint
+
+DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
+
+
+def read_results(save_dir: Path) -> list[dict[str, float]]:
+    with open(save_dir / "results.csv") as f:
+        return [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def run_training(tmp: Path, **kw) -> DS2D2Trainer:
+    trainer = DS2D2Trainer(overrides=train_overrides(tmp, **kw))
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("task", ["obb", "detect"])
+def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
+    """Training runs for detect and OBB; every DS2D2 column is finite and non-zero; teacher untouched."""
+    teacher_path = tiny_models[f"{task}_teacher"]
+    data = synth_obb if task == "obb" else synth_det
+    seen = {}
+
+    trainer = DS2D2Trainer(
+        overrides=train_overrides(
+            tmp_path, model=str(tiny_models[f"{task}_student"]), data=str(data), teacher=str(teacher_path), epochs=2
+        )
+    )
+    assert type(trainer).__name__ == ("DS2D2OBBTrainer" if task == "obb" else "DS2D2Trainer")
+
+    def on_train_start(tr):
+        m = tr.model
+        seen["teacher_fp"] = fingerprint(m.teacher_model)
+        seen["adapters"] = deepcopy(m.adapters.state_dict())
+        seen["student"] = deepcopy(m.student_model.state_dict())
+        opt_ids = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+        seen["teacher_in_opt"] = any(id(p) in opt_ids for p in m.teacher_model.parameters())
+        seen["amp_in_opt"] = any(id(p) in opt_ids for p in m.amplifier.parameters())
+        seen["adapters_in_opt"] = all(id(p) in opt_ids for p in m.adapters.parameters())
+        seen["ema_has_teacher"] = tr.ema.ema.teacher_model is not None
+
+    def on_train_epoch_end(tr):
+        seen["teacher_training"] = tr.model.teacher_model.training or tr.model.amplifier.training
+
+    trainer.add_callback("on_train_start", on_train_start)
+    trainer.add_callback("on_train_epoch_end", on_train_epoch_end)
+    trainer.train()
+
+    rows = read_results(trainer.save_dir)
+    assert len(rows) == 2
+    for col in DS2D2_COLS:
+        vals = [r[col] for r in rows]
+        assert all(torch.isfinite(torch.tensor(vals))) and all(v != 0 for v in vals), (col, vals)
+    assert not seen["teacher_in_opt"] and not seen["amp_in_opt"] and seen["adapters_in_opt"]
+    assert not seen["ema_has_teacher"] and not seen["teacher_training"]
+    m = trainer.model
+    assert fingerprint(m.teacher_model) == seen["teacher_fp"]  # bit-identical teacher
+    assert fingerprint(m.teacher_model) == fingerprint(torch.load(teacher_path, weights_only=False)["model"].float())
+    assert any(not torch.equal(v, m.adapters.state_dict()[k]) for k, v in seen["adapters"].items())
+    assert any(not torch.equal(v, m.student_model.state_dict()[k]) for k, v in seen["student"].items())
+    assert (trainer.save_dir / "amplifier.pt").is_file()
+
+    ckpt = torch.load(trainer.best, weights_only=False)
+    assert type(ckpt["model"]).__module__ == "ultralytics.nn.tasks"
+    assert "teacher" not in str(list(ckpt["model"].state_dict())[:5])
+    assert set(ckpt["ds2d2"]["connectors"]) >= {k for k in m.state_dict() if k.startswith("adapters.")}
+
+
+def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, synth_obb):
+    """Backward through the DS2D2 terms alone: student neck and adapters get gradient; teacher, amplifier and the
+    student's own head get none (the student head learns from the ground truth only)."""
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.nn.tasks import OBBModel, load_checkpoint
+
+    from ds2d2_yolo.amplifier import train_amplifier
+    from ds2d2_yolo.config import check_args
+    from ds2d2_yolo.distiller import DS2D2Model
+    from ds2d2_yolo.hooks import capture_head_inputs, head_features
+
+    student = OBBModel(str(tiny_models["obb_student"]), nc=3, verbose=False)
+    teacher = load_checkpoint(str(tiny_models["obb_teacher"]))[0].float().eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    from ultralytics.cfg import get_cfg
+
+    args = get_cfg(overrides=dict(imgsz=64, task="obb", mosaic=0.0))
+    data = check_det_dataset(str(synth_obb))
+    ds = build_yolo_dataset(args, data["train"], 4, data, mode="train", stride=32)
+    batch = next(iter(build_dataloader(ds, 4, 0, shuffle=False)))
+    batch["img"] = batch["img"].float() / 255
+    amp = train_amplifier(teacher, lambda: [batch], args, epochs=1)
+    model = DS2D2Model(student, teacher, check_args({}), amplifier=amp).train()
+
+    store = {}
+    with capture_head_inputs(student, store, "s"):
+        student(batch["img"])
+    terms = model.distill_terms(store["s"], head_features(teacher, batch["img"]), batch)
+    assert set(terms) == {"ex_low", "ex_high", "im_full", "im_high"}
+    sum(terms.values()).backward()
+
+    head = student.model[-1]
+    neck_grads = [p.grad for n, p in student.named_parameters() if not n.startswith(f"model.{len(student.model) - 1}.")]
+    assert any(g is not None and g.abs().sum() > 0 for g in neck_grads)
+    assert all(p.grad is None for p in head.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapters.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None for p in amp.parameters())
+
+
+def test_best_pt_loads_without_package(tmp_path, tiny_models, synth_obb):
+    """best.pt is a plain Ultralytics checkpoint: it loads and predicts where ds2d2_yolo cannot be imported."""
+    trainer = run_training(
+        tmp_path,
+        model=str(tiny_models["obb_student"]),
+        data=str(synth_obb),
+        teacher=str(tiny_models["obb_teacher"]),
+    )
+    img = next((Path(synth_obb).parent / "images" / "val").glob("*.png"))
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["ds2d2_yolo"] = None  # any import of the package now fails
+        from ultralytics import YOLO
+        m = YOLO({str(trainer.best)!r})
+        r = m.predict({str(img)!r}, imgsz=64, device="cpu", verbose=False)
+        print(type(m.model).__module__, type(m.model).__name__, len(r))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["ultralytics.nn.tasks", "OBBModel", "1"]
+
+
+def test_resume_continues_distillation(tmp_path, tiny_models, synth_obb):
+    """A run stopped after epoch 1 resumes from last.pt with the saved adapters and amplifier, not fresh ones."""
+
+    class Crash(Exception):
+        pass
+
+    kw = dict(model=str(tiny_models["obb_student"]), data=str(synth_obb), teacher=str(tiny_models["obb_teacher"]))
+    trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, epochs=2, **kw))
+
+    def crash(tr):
+        raise Crash
+
+    trainer.add_callback("on_fit_epoch_end", crash)
+    with pytest.raises(Crash):
+        trainer.train()
+    last = trainer.last
+    saved = torch.load(last, weights_only=False)
+    assert saved["epoch"] == 0 and saved["ds2d2"]["amplifier"] is not None
+
+    resumed = DS2D2Trainer(overrides=dict(resume=str(last)))
+    seen = {}
+
+    def on_train_start(tr):
+        m = tr.model
+        seen["start"] = tr.start_epoch
+        seen["connectors"] = all(
+            torch.equal(v.float(), saved["ds2d2"]["connectors"][k].float()) for k, v in m.connector_state().items()
+        )
+        seen["amplifier"] = all(
+            torch.equal(v, saved["ds2d2"]["amplifier"]["state_dict"][k]) for k, v in m.amplifier.state_dict().items()
+        )
+
+    resumed.add_callback("on_train_start", on_train_start)
+    resumed.train()
+    assert seen == {"start": 1, "connectors": True, "amplifier": True}
+    rows = read_results(resumed.save_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(r["train/im_high"] != 0 for r in rows)
+
+
+@pytest.mark.parametrize("teacher", [V8_TEACHER, Y26_TEACHER], ids=["yolov8n-obb", "yolo26n-obb"])
+def test_real_dota_teachers(teacher, tmp_path, dota8_yaml):
+    """The real DOTA teachers (v8 and end-to-end YOLO26, wider than the student) distil on the real dota8 tiles."""
+    need_shared(teacher)
+    from ds2d2_yolo.models import scaled_model_yaml
+
+    student = scaled_model_yaml("yolov8-obb.yaml", depth=0.33, width=0.0625, nc=15, out=tmp_path / "s-obb.yaml")
+    trainer = run_training(tmp_path, model=str(student), data=str(dota8_yaml), teacher=str(teacher), imgsz=128)
+    row = read_results(trainer.save_dir)[-1]
+    for col in DS2D2_COLS:
+        assert torch.isfinite(torch.tensor(row[col])) and row[col] != 0, (col, row[col])

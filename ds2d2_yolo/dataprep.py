@@ -247,13 +247,13 @@ def _dota_objects(
 
 
 def _dota_dirs(src_dir: str | Path) -> tuple[Path, Path]:
-    """Return the images and labelTxt folders of a DOTA split folder, with a clear error when absent."""
+    """Return the images and labelTxt folders of a DOTA split folder; only images/ is required (test has no labels)."""
     src = Path(src_dir)
     images, labels = src / "images", src / "labelTxt"
     if not images.is_dir():
         raise FileNotFoundError(f"{images} not found: a DOTA folder holds images/ and labelTxt/")
     if not labels.is_dir():
-        raise FileNotFoundError(f"{labels} not found: a DOTA folder holds images/ and labelTxt/")
+        LOGGER.warning(f"{labels} not found: every image of {src} is treated as a background image")
     return images, labels
 
 
@@ -310,7 +310,8 @@ def convert_dota(
 
     images = _list_images(im_src)
     stems = {p.stem for p in images}
-    stats["labels_without_image"] = sum(1 for p in lb_src.glob("*.txt") if p.stem not in stems)
+    label_files = lb_src.glob("*.txt") if lb_src.is_dir() else []
+    stats["labels_without_image"] = sum(1 for p in label_files if p.stem not in stems)
     for im_file in images:
         label_file = lb_src / f"{im_file.stem}.txt"
         if not label_file.is_file():
@@ -684,6 +685,8 @@ def write_data_yaml(
     train: str,
     val: str,
     names: Sequence[str] | dict[int, str],
+    *,
+    test: str | None = None,
 ) -> Path:
     """Write an Ultralytics dataset YAML.
 
@@ -694,6 +697,7 @@ def write_data_yaml(
         train (str): Train images, relative to `root` (e.g. 'images/train').
         val (str): Validation images, relative to `root`.
         names (Sequence[str] | dict[int, str]): Class names in index order.
+        test (str, optional): Test images, relative to `root`.
 
     Returns:
         (Path): The written file.
@@ -701,6 +705,135 @@ def write_data_yaml(
     from ultralytics.utils import YAML
 
     path = Path(path)
-    data = {"path": str(root), "train": str(train), "val": str(val), "names": dict(enumerate(_class_names(names)))}
+    data: dict[str, Any] = {"path": str(root), "train": str(train), "val": str(val)}
+    if test:
+        data["test"] = str(test)
+    data["names"] = dict(enumerate(_class_names(names)))
     YAML.save(path, data)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole-dataset preparation (used by `ds2d2-yolo convert`)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def prepare_dior(
+    src_dir: str | Path,
+    dst_dir: str | Path,
+    oriented: bool = False,
+    *,
+    classes: Sequence[str] | dict[int, str] = DIOR_CLASSES,
+    skip_difficult: bool = False,
+    unknown: str = "error",
+) -> dict[str, Any]:
+    """Turn an extracted DIOR (or DIOR-R) folder into an Ultralytics dataset with `data.yaml`.
+
+    Expected input (the official archives extracted side by side): `Annotations/Horizontal Bounding Boxes/*.xml`
+    (DIOR) or `Annotations/Oriented Bounding Boxes/*.xml` (DIOR-R), or plain `Annotations/*.xml`; images in any
+    `JPEGImage*` folders (e.g. `JPEGImages-trainval`, `JPEGImages-test`); and optionally `ImageSets/Main/{train,val,
+    test}.txt` id lists. Without id lists every annotated image goes to one `all` split.
+
+    Args:
+        src_dir (str | Path): Extracted DIOR root.
+        dst_dir (str | Path): Output dataset root (`images/{split}`, `labels/{split}`, `data.yaml`).
+        oriented (bool): Read the oriented (DIOR-R) annotations and write OBB labels instead of detect labels.
+        classes (Sequence[str] | dict[int, str]): Class names in index order.
+        skip_difficult (bool): Drop objects flagged difficult.
+        unknown (str): 'error' raises on a class name not in `classes`, 'skip' drops and counts it.
+
+    Returns:
+        (dict[str, Any]): Per-split converter stats plus `yaml` (path of the written data.yaml).
+    """
+    src, dst = Path(src_dir), Path(dst_dir)
+    ann = src / "Annotations"
+    sub = ann / ("Oriented Bounding Boxes" if oriented else "Horizontal Bounding Boxes")
+    ann = sub if sub.is_dir() else ann
+    if not ann.is_dir():
+        raise FileNotFoundError(f"{ann} not found: expected DIOR's Annotations folder under {src}")
+    images = {p.stem: p for d in sorted(src.glob("JPEGImage*")) if d.is_dir() for p in _list_images(d)}
+    id_lists = {s: src / "ImageSets" / "Main" / f"{s}.txt" for s in ("train", "val", "test")}
+    splits = {s: f.read_text().split() for s, f in id_lists.items() if f.is_file()}
+    if not splits:
+        splits = {"all": sorted(p.stem for p in ann.glob("*.xml"))}
+
+    convert = convert_dior_r if oriented else convert_dior_voc
+    result: dict[str, Any] = {}
+    for split, ids in splits.items():
+        im_dst, lb_dst = _out_dirs(dst, split)
+        xmls = [ann / f"{i}.xml" for i in ids]
+        missing = [x for x in xmls if not x.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} annotation(s) of split '{split}' missing, e.g. {missing[0]}")
+        stats = _new_stats(degenerate=0, missing_images=0)
+        for x in xmls:
+            s = convert(x, lb_dst, classes, skip_difficult=skip_difficult, unknown=unknown)
+            for k, v in s.items():
+                stats[k] = stats[k] + v if isinstance(v, int) else v
+            image = images.get(x.stem)
+            if image is None:
+                stats["missing_images"] += 1
+            else:
+                shutil.copy2(image, im_dst / image.name)
+        result[split] = stats
+    train = "images/train" if "train" in splits else f"images/{next(iter(splits))}"
+    val = "images/val" if "val" in splits else train
+    test = "images/test" if "test" in splits else None
+    result["yaml"] = write_data_yaml(dst / "data.yaml", dst.resolve(), train, val, classes, test=test)
+    return result
+
+
+def run_convert(
+    format: str = "dota",
+    src: str | Path | None = None,
+    dst: str | Path | None = None,
+    tile: int = 1024,
+    gap: int = 200,
+    skip_difficult: bool = False,
+) -> dict[str, Any]:
+    """Convert a whole dataset for training; the `ds2d2-yolo convert` subcommand.
+
+    Formats:
+        dota: `src` is a DOTA split folder (`images/`, `labelTxt/`) or a root holding `train/`, `val/` (and `test/`)
+            such folders. With `tile > 0` images are cut into tiles (`tile_dota`), with `tile=0` converted whole
+            (`convert_dota`). Writes `dst/data.yaml`.
+        dior / dior-r: `src` is the extracted DIOR root (see `prepare_dior`); `tile` and `gap` are unused (DIOR
+            images are 800 px).
+
+    Args:
+        format (str): 'dota', 'dior' or 'dior-r'.
+        src (str | Path): Source dataset folder.
+        dst (str | Path): Output dataset root.
+        tile (int): DOTA tile size; 0 disables tiling.
+        gap (int): DOTA tile overlap in pixels.
+        skip_difficult (bool): Drop objects flagged difficult.
+
+    Returns:
+        (dict[str, Any]): Stats per split and `yaml`, the data YAML path.
+    """
+    if src is None or dst is None:
+        raise ValueError("convert needs src=... and dst=...")
+    fmt = str(format).lower().replace("_", "-")
+    if fmt in {"dior", "dior-r", "diorr"}:
+        result = prepare_dior(src, dst, oriented=fmt != "dior", skip_difficult=skip_difficult)
+    elif fmt == "dota":
+        src, dst = Path(src), Path(dst)
+        split_dirs = {s: src / s for s in ("train", "val", "test") if (src / s / "images").is_dir()}
+        if not split_dirs:
+            split_dirs = {"train": src}
+        result = {}
+        for split, folder in split_dirs.items():
+            if tile and int(tile) > 0:
+                result[split] = tile_dota(folder, dst, int(tile), int(gap), skip_difficult=skip_difficult, split=split)
+            else:
+                result[split] = convert_dota(folder, dst, skip_difficult=skip_difficult, split=split)
+        train = "images/train"
+        val = "images/val" if "val" in split_dirs else train
+        test = "images/test" if "test" in split_dirs else None
+        names = [n.replace("-", " ") for n in DOTA_V1_CLASSES]  # Ultralytics' spelling, as official checkpoints
+        result["yaml"] = write_data_yaml(dst / "data.yaml", dst.resolve(), train, val, names, test=test)
+    else:
+        raise ValueError(f"format must be 'dota', 'dior' or 'dior-r', not {format!r}")
+    for split, stats in result.items():
+        LOGGER.info(f"{split}: {stats}")
+    return result

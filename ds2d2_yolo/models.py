@@ -44,14 +44,14 @@ def scaled_model_yaml(
 ) -> Path:
     """Write a bundled Ultralytics model yaml with custom depth/width/max_channels and return its path.
 
-    The bundled `scales` table is replaced by a single entry holding the requested values, keyed by the base's scale
-    letter (default 'n'), and the file name carries that letter right after the family version (e.g.
-    `yolov8n-obb-d0p33-w0p125.yaml`). Ultralytics reads that letter back with `guess_model_scale`, so parse_model uses
-    the entry without a "no model scale passed" warning. A one-entry table is used instead of only top-level
-    `depth_multiple`/`width_multiple` because parse_model ignores `max_channels` unless it comes from `scales`; the
-    top-level keys are still written, with the same values, for readers of the file. The letter also keeps the
-    family's size-dependent choices (C3k2 `c3k`, A2C2f residuals) at their small-model setting. The "-obb" part of the
-    name is kept, which is what `guess_model_task` looks for when a task is guessed from a file name.
+    The bundled `scales` table is dropped and top-level `depth_multiple`/`width_multiple`/`max_channels` are written,
+    which parse_model uses when a yaml has no `scales`. parse_model ignores a top-level `max_channels`, though, so when
+    the cap is below the widest layer of the base (i.e. it would change the model) a one-entry `scales` table with the
+    same values is written too, keyed by the base's scale letter (default 'n'). The default file name carries that
+    letter after the family version, e.g. `yolov8n-obb-d0p33-w0p125.yaml`, so Ultralytics' `guess_model_scale` picks the
+    entry (a custom `out` name without it still builds, after a "no model scale passed" warning) and the family's
+    size-dependent choices (C3k2 `c3k`, A2C2f residuals) stay at that size. The "-obb" part of the base name is kept,
+    which is what `guess_model_task` looks for when it guesses a task from a file name.
 
     Args:
         base (str): Bundled model yaml name as Ultralytics resolves it, e.g. "yolov8-obb.yaml", "yolov8n-obb.yaml",
@@ -75,19 +75,16 @@ def scaled_model_yaml(
     d = yaml_model_load(base)
     src = Path(d.pop("yaml_file"))
     letter = d.pop("scale", "") or guess_model_scale(base) or "n"
-    d.pop("scales", None)
-    d.pop("depth_multiple", None)
-    d.pop("width_multiple", None)
-    d.pop("max_channels", None)
+    for key in ("scales", "depth_multiple", "width_multiple", "max_channels"):
+        d.pop(key, None)
     if nc is not None:
         d["nc"] = int(nc)
-    d = {
-        "depth_multiple": float(depth),
-        "width_multiple": float(width),
-        "max_channels": int(max_channels),
-        "scales": {letter: [float(depth), float(width), int(max_channels)]},
-        **d,
-    }
+    # args[0] is the output channel count of every width-scaled layer in the detect/OBB families
+    widest = max((x[3][0] for x in d["backbone"] + d["head"] if x[3] and isinstance(x[3][0], int)), default=0)
+    scaling = {"depth_multiple": float(depth), "width_multiple": float(width), "max_channels": int(max_channels)}
+    if max_channels < widest:
+        scaling["scales"] = {letter: [float(depth), float(width), int(max_channels)]}
+    d = {**scaling, **d}
 
     # Replace the base's scale letter (if any) by ours; yaml_file is the name as requested, e.g. "yolov8n-obb.yaml"
     stem = _FAMILY.sub(rf"\g<1>{letter}", re.sub(r"^(yolo(?:e-)?v?\d+)[nslmx]", r"\1", src.stem), count=1)
@@ -99,7 +96,9 @@ def scaled_model_yaml(
         if path.is_dir():
             path = path / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = f"# Scaled from {src.name} by ds2d2_yolo.models.scaled_model_yaml; Ultralytics reads `scales`.\n"
+    header = f"# Scaled from {src.name} by ds2d2_yolo.models.scaled_model_yaml\n"
+    if "scales" in d:
+        header += "# max_channels only takes effect through `scales`, which parse_model prefers over the keys above\n"
     path.write_text(header + _dump(d), encoding="utf-8")
     return path
 

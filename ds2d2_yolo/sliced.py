@@ -5,9 +5,9 @@ model's input size makes small objects vanish. `sliced_predict` runs the model o
 shifts every tile's boxes back to full-image coordinates and merges duplicates from the overlaps with class-aware NMS
 (rotated, ProbIoU-based for OBB, as Ultralytics' own OBB NMS does).
 
-Known limitation: an object cut by a tile border can be detected as a partial box in one tile and as a whole box in the
-next; the two have low IoU and both survive the merge. An overlap larger than the biggest objects keeps every object
-whole in at least one tile, which bounds but does not remove such partial duplicates.
+An object cut by a tile border is often detected as a partial box in one tile and whole in the next; their IoU is low,
+so NMS keeps both. The merge therefore also drops a box touching an inner tile border when it lies mostly inside a
+larger same-class box from another tile. Choose an overlap larger than the biggest objects so each is whole somewhere.
 """
 
 from __future__ import annotations
@@ -53,35 +53,113 @@ def tile_windows(height: int, width: int, tile: int = 1024, overlap: float = 0.2
     return np.array(windows, dtype=np.int64).reshape(-1, 4)
 
 
+def _cut_partials(
+    boxes: torch.Tensor,
+    cls: torch.Tensor,
+    tile_idx: torch.Tensor,
+    windows: np.ndarray,
+    obb: bool,
+    ios_thr: float,
+    margin: float,
+) -> torch.Tensor:
+    """Find partial boxes of objects cut by a tile border that lie inside a larger same-class box from another tile.
+
+    Args:
+        boxes (torch.Tensor): Image-pixel boxes (N, 4) xyxy or (N, 5) xywhr.
+        cls (torch.Tensor): Class indices (N,).
+        tile_idx (torch.Tensor): Index of the tile each box came from (N,).
+        windows (np.ndarray): Tile windows (T, 4) as (x0, y0, x1, y1).
+        obb (bool): Whether boxes are xywhr.
+        ios_thr (float): Fraction of the partial box's area that must lie inside the larger box.
+        margin (float): Distance in pixels to an inner tile edge within which a box counts as cut by it.
+
+    Returns:
+        (torch.Tensor): Boolean mask (N,), True for boxes to drop.
+    """
+    import cv2
+    from ultralytics.utils.ops import xywhr2xyxyxyxy
+
+    n = len(boxes)
+    drop = torch.zeros(n, dtype=torch.bool)
+    if n < 2 or len(windows) < 2:
+        return drop
+    if obb:
+        corners = xywhr2xyxyxyxy(boxes).reshape(n, 4, 2)
+        areas = boxes[:, 2] * boxes[:, 3]
+    else:
+        x0, y0, x1, y1 = boxes.unbind(1)
+        corners = torch.stack([x0, y0, x1, y0, x1, y1, x0, y1], 1).reshape(n, 4, 2)
+        areas = (x1 - x0) * (y1 - y0)
+    lo, hi = corners.min(1).values, corners.max(1).values
+    win = torch.as_tensor(windows, dtype=boxes.dtype)
+    width, height = win[:, 2].max(), win[:, 3].max()
+    w = win[tile_idx]
+    # Only borders inside the image cut objects; the image border is a real end of the scene
+    cut = (
+        ((lo[:, 0] <= w[:, 0] + margin) & (w[:, 0] > 0))
+        | ((lo[:, 1] <= w[:, 1] + margin) & (w[:, 1] > 0))
+        | ((hi[:, 0] >= w[:, 2] - margin) & (w[:, 2] < width))
+        | ((hi[:, 1] >= w[:, 3] - margin) & (w[:, 3] < height))
+    )
+    pts = corners.numpy().astype(np.float32)
+    for i in sorted(torch.nonzero(cut).flatten().tolist(), key=lambda j: -float(areas[j])):
+        cand = (
+            (cls == cls[i])
+            & (tile_idx != tile_idx[i])
+            & (areas > areas[i])
+            & ~drop
+            & (lo[:, 0] < hi[i, 0])
+            & (lo[:, 1] < hi[i, 1])
+            & (hi[:, 0] > lo[i, 0])
+            & (hi[:, 1] > lo[i, 1])
+        )
+        for k in torch.nonzero(cand).flatten().tolist():
+            inter, _ = cv2.intersectConvexConvex(pts[i], pts[k])
+            if inter >= ios_thr * float(areas[i]):
+                drop[i] = True
+                break
+    return drop
+
+
 def merge_tile_predictions(
     preds: Sequence[dict[str, Any]],
-    offsets: Sequence[Sequence[float]] | np.ndarray,
+    windows: Sequence[Sequence[float]] | np.ndarray,
     obb: bool,
     iou: float = 0.7,
+    cut_ios: float | None = 0.7,
+    edge_margin: float = 2.0,
 ) -> dict[str, np.ndarray]:
-    """Shift per-tile predictions to image coordinates and merge duplicates with class-aware NMS.
+    """Shift per-tile predictions to image coordinates and merge duplicates from tile overlaps.
+
+    Two steps: class-aware NMS (torchvision for xyxy; Ultralytics' ProbIoU fast-NMS for xywhr, as its OBB predictor
+    uses), then, unless `cut_ios` is None, removal of partial boxes: a box touching an inner tile border (within
+    `edge_margin` px) whose area lies at least `cut_ios` inside a larger same-class box from another tile is the
+    truncated view of an object that the other tile saw whole. Their IoU is low, so NMS alone keeps both.
 
     Args:
         preds (Sequence[dict[str, Any]]): One dict per tile with `boxes` (N, 4) xyxy or (N, 5) xywhr (radians) in tile
             pixels, `conf` (N,) and `cls` (N,); arrays or tensors.
-        offsets (Sequence[Sequence[float]] | np.ndarray): Top-left corner (x0, y0) of each tile in the image.
-        obb (bool): Whether boxes are rotated xywhr (rotated NMS with ProbIoU) rather than xyxy (torchvision NMS).
+        windows (Sequence[Sequence[float]] | np.ndarray): Window (x0, y0, x1, y1) of each tile in image pixels; the
+            union of the windows is taken as the image extent.
+        obb (bool): Whether boxes are rotated xywhr rather than xyxy.
         iou (float): IoU threshold above which the lower-confidence box of a same-class pair is dropped.
+        cut_ios (float, optional): Containment threshold of the partial-box removal; None disables it.
+        edge_margin (float): Distance in pixels to an inner tile border within which a box counts as cut.
 
     Returns:
         (dict[str, np.ndarray]): `boxes` (M, 4 or 5) float32 in image pixels, `conf` (M,) float32 and `cls` (M,) int64,
             sorted by decreasing confidence.
     """
     from torchvision.ops import batched_nms
-
     from ultralytics.utils.metrics import batch_probiou
     from ultralytics.utils.nms import TorchNMS
 
-    if len(preds) != len(offsets):
-        raise ValueError(f"got {len(preds)} tile predictions but {len(offsets)} offsets")
+    windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
+    if len(preds) != len(windows):
+        raise ValueError(f"got {len(preds)} tile predictions but {len(windows)} windows")
     ndim = 5 if obb else 4
-    boxes, conf, cls = [], [], []
-    for p, (x0, y0) in zip(preds, offsets):
+    boxes, conf, cls, tile_idx = [], [], [], []
+    for t, (p, (x0, y0, _, _)) in enumerate(zip(preds, windows.tolist())):
         b = torch.as_tensor(np.asarray(p["boxes"], dtype=np.float32)).reshape(-1, ndim).clone()
         if obb:
             b[:, :2] += torch.tensor([x0, y0], dtype=b.dtype)
@@ -89,10 +167,12 @@ def merge_tile_predictions(
             b[:, :4] += torch.tensor([x0, y0, x0, y0], dtype=b.dtype)
         boxes.append(b)
         conf.append(torch.as_tensor(np.asarray(p["conf"], dtype=np.float32)).reshape(-1))
-        cls.append(torch.as_tensor(np.asarray(p["cls"], dtype=np.float32)).reshape(-1))
+        cls.append(torch.as_tensor(np.asarray(p["cls"], dtype=np.float32)).reshape(-1).long())
+        tile_idx.append(torch.full((len(b),), t, dtype=torch.long))
     boxes = torch.cat(boxes) if boxes else torch.zeros((0, ndim))
     conf = torch.cat(conf) if conf else torch.zeros(0)
-    cls = torch.cat(cls).long() if cls else torch.zeros(0, dtype=torch.long)
+    cls = torch.cat(cls) if cls else torch.zeros(0, dtype=torch.long)
+    tile_idx = torch.cat(tile_idx) if tile_idx else torch.zeros(0, dtype=torch.long)
 
     if len(boxes) == 0:
         keep = torch.zeros(0, dtype=torch.long)
@@ -104,6 +184,8 @@ def merge_tile_predictions(
         keep = TorchNMS.fast_nms(shifted, conf, iou, iou_func=batch_probiou)
     else:
         keep = batched_nms(boxes, conf, cls, iou)
+    if cut_ios is not None and len(keep):
+        keep = keep[~_cut_partials(boxes[keep], cls[keep], tile_idx[keep], windows, obb, cut_ios, edge_margin)]
     keep = keep[conf[keep].argsort(descending=True, stable=True)]
     return {"boxes": boxes[keep].numpy(), "conf": conf[keep].numpy(), "cls": cls[keep].numpy()}
 
@@ -128,6 +210,8 @@ def sliced_predict(
     device: str | int | None = None,
     *,
     merge_iou: float | None = None,
+    cut_ios: float | None = 0.7,
+    edge_margin: float = 2.0,
     max_det: int = 300,
     batch: int = 1,
 ) -> dict[str, Any]:
@@ -144,6 +228,9 @@ def sliced_predict(
         imgsz (int, optional): Inference size per tile; None uses `tile`, i.e. native resolution.
         device (str | int, optional): Inference device, as for `YOLO.predict`.
         merge_iou (float, optional): IoU threshold of the cross-tile merge; None reuses `iou`.
+        cut_ios (float, optional): Drop boxes cut by an inner tile border that lie at least this much inside a larger
+            same-class box from another tile (see `merge_tile_predictions`); None keeps them.
+        edge_margin (float): Distance in pixels to an inner tile border within which a box counts as cut.
         max_det (int): Maximum detections per tile (the merged image has no cap).
         batch (int): Tiles per forward pass. With 1 each tile is letterboxed exactly as a lone image would be.
 
@@ -177,5 +264,56 @@ def sliced_predict(
         crops = [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows[i : i + batch].tolist()]
         results = model.predict(crops if len(crops) > 1 else crops[0], **kwargs)
         preds.extend(_tile_result(r, obb) for r in results)
-    merged = merge_tile_predictions(preds, windows[:, :2], obb, iou if merge_iou is None else merge_iou)
+    merge_iou = iou if merge_iou is None else merge_iou
+    merged = merge_tile_predictions(preds, windows, obb, merge_iou, cut_ios=cut_ios, edge_margin=edge_margin)
     return {**merged, "task": task, "windows": windows}
+
+
+def run_slice(
+    model: str | Path | None = None,
+    source: str | Path | None = None,
+    tile: int = 1024,
+    overlap: float = 0.2,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    imgsz: int | None = None,
+    device: str | int | None = None,
+    save: str | Path | None = "sliced.png",
+) -> dict[str, Any]:
+    """Sliced prediction on one large image with a drawn result; the `ds2d2-yolo slice` subcommand.
+
+    Args:
+        model (str | Path): Ultralytics detect or OBB weights (.pt) or model YAML.
+        source (str | Path): Image path.
+        tile (int): Tile size in pixels.
+        overlap (float): Tile overlap as a fraction of `tile`.
+        conf (float): Confidence threshold.
+        iou (float): NMS IoU threshold.
+        imgsz (int, optional): Inference size per tile; None uses `tile`.
+        device (str | int, optional): Inference device.
+        save (str | Path, optional): Where to write the image with drawn detections; None or '' skips drawing.
+
+    Returns:
+        (dict[str, Any]): The `sliced_predict` result, plus `save` (the written image path) when drawn.
+    """
+    from ultralytics import YOLO
+    from ultralytics.engine.results import Results
+    from ultralytics.utils import LOGGER
+    from ultralytics.utils.patches import imread, imwrite
+
+    if not model or not source:
+        raise ValueError("slice needs model=... and source=...")
+    yolo = YOLO(str(model))
+    image = imread(str(source))
+    if image is None:
+        raise FileNotFoundError(f"cannot read image {source}")
+    out = sliced_predict(yolo, image, tile, overlap, conf, iou, imgsz, device)
+    LOGGER.info(f"{source}: {len(out['conf'])} detections from {len(out['windows'])} tiles of {tile} px")
+    if save:
+        det = np.concatenate([out["boxes"], out["conf"][:, None], out["cls"][:, None].astype(np.float32)], axis=1)
+        key = "obb" if out["task"] == "obb" else "boxes"
+        # Results does the drawing so the picture matches Ultralytics' own predict output
+        plotted = Results(image, str(source), yolo.names, **{key: torch.from_numpy(det)}).plot()
+        imwrite(str(save), plotted)
+        out["save"] = Path(save)
+    return out

@@ -181,7 +181,8 @@ def _buildings(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> N
     land = np.flatnonzero(mask == LAND)
     if not len(land):
         return
-    for i in rng.choice(land, size=int(rng.integers(0, 8)), replace=True):
+    n = int(rng.integers(0, max(1, round(8 * (size / 256) ** 2)) + 1))  # rooftops keep their pixel size, so thin out
+    for i in rng.choice(land, size=n, replace=True):
         cy, cx = divmod(int(i), size)
         w, h = rng.uniform(10, 28, 2)
         theta = rng.uniform(0, math.pi)

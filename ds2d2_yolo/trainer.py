@@ -61,6 +61,21 @@ def resolve_task(overrides: dict[str, Any]) -> str:
     return task
 
 
+class CarriedArgs:
+    """A no-op callback that carries the DS2D2 keys into Ultralytics' DDP worker script.
+
+    Ultralytics rebuilds each DDP worker's trainer from `vars(trainer.args)` and the pickled callbacks; our keys
+    cannot live in `trainer.args` (Ultralytics' validators reject unknown keys), so they ride in the callbacks.
+    """
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        """Store a copy of the validated DS2D2 arguments."""
+        self.args = dict(args)
+
+    def __call__(self, trainer: Any) -> None:
+        """Do nothing: this callback only carries data."""
+
+
 class DS2D2Trainer(DetectionTrainer):
     """Ultralytics trainer with DS2D2 distillation, for detection and oriented-box (OBB) students.
 
@@ -90,6 +105,9 @@ class DS2D2Trainer(DetectionTrainer):
             _callbacks (dict | None): Ultralytics callbacks.
         """
         overrides, mine = split_overrides(overrides)
+        carried = next((cb for cbs in (_callbacks or {}).values() for cb in cbs if isinstance(cb, CarriedArgs)), None)
+        if carried is not None and not mine:
+            mine = dict(carried.args)  # a DDP worker: the parent's DS2D2 keys arrive through the pickled callbacks
         self.ds2d2 = check_args(mine)
         self.teacher: Teacher | None = None
         self._resume_state: dict | None = None
@@ -111,6 +129,9 @@ class DS2D2Trainer(DetectionTrainer):
                 self._amplifier = load_amplifier(
                     self.ds2d2["amplifier"], self.teacher.model, self.teacher.fingerprint, self.ds2d2
                 )
+        for cbs in self.callbacks.values():
+            cbs[:] = [cb for cb in cbs if not isinstance(cb, CarriedArgs)]
+        self.add_callback("on_pretrain_routine_start", CarriedArgs(self.ds2d2))
         LOGGER.info(f"DS2D2 {__version__}: distill={self.ds2d2['distill']} teacher={self.ds2d2['teacher']}")
 
     # ------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""Density-independent scale weight (DISW): the per-level spatial weight map of the DS2D2 explicit stream.
+
+Every ground-truth box spreads a total mass of exactly 1 over the band-grid cells it covers, on top of a background
+of 1, so small boxes get large per-cell weight and crowded regions add up. Both rules are computed for the whole
+batch at once (no Python loop over boxes):
+
+- "hbb", the reference rule on axis-aligned boxes (the hull for rotated ones), with a 2-D difference array;
+- "obb", the rotated rule (cells whose centre lies in the rotated rectangle, always including the cell holding the
+  box centre), with one ragged gather over each box's candidate window.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DISW_MODES = ("hbb", "obb")
+_MAX_CANDIDATES = 1 << 22  # candidate cells per obb pass; larger batches run in chunks to bound memory
+
+
+def xywhr_to_xyxy_hull(boxes: torch.Tensor) -> torch.Tensor:
+    """Return the axis-aligned hull (x1, y1, x2, y2) of rotated boxes (cx, cy, w, h, angle in radians).
+
+    Args:
+        boxes (torch.Tensor): (..., 5) rotated boxes.
+
+    Returns:
+        (torch.Tensor): (..., 4) enclosing axis-aligned boxes, same dtype and device.
+    """
+    if boxes.shape[-1] != 5:
+        raise ValueError(f"xywhr_to_xyxy_hull expects (..., 5) xywhr boxes, got shape {tuple(boxes.shape)}")
+    cx, cy, w, h, r = boxes.unbind(-1)
+    cos, sin = torch.cos(r).abs(), torch.sin(r).abs()
+    ex, ey = (w * cos + h * sin) / 2, (w * sin + h * cos) / 2  # half extents of the rotated rectangle
+    return torch.stack((cx - ex, cy - ey, cx + ex, cy + ey), -1)
+
+
+def _check(
+    boxes: torch.Tensor, batch_idx: torch.Tensor, batch_size: int, input_hw: tuple[int, int], band_hw: tuple[int, int]
+) -> None:
+    """Validate the DISW arguments, raising one-line ValueErrors that say what was expected."""
+    if boxes.ndim != 2 or boxes.shape[1] not in {4, 5}:
+        raise ValueError(f"DISW boxes must be (M, 4) xyxy or (M, 5) xywhr in input pixels, got {tuple(boxes.shape)}")
+    if batch_idx.ndim != 1 or batch_idx.shape[0] != boxes.shape[0]:
+        raise ValueError(f"DISW batch_idx must be (M,) with M={boxes.shape[0]} boxes, got {tuple(batch_idx.shape)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"DISW batch_size must be >= 1, got {batch_size}")
+    for name, hw in (("input_hw", input_hw), ("band_hw", band_hw)):
+        if len(hw) != 2 or min(hw) <= 0:
+            raise ValueError(f"DISW {name} must be a positive (height, width), got {tuple(hw)}")
+
+
+def _hbb(boxes: torch.Tensor, b: torch.Tensor, out: torch.Tensor, scale: tuple[float, float]) -> None:
+    """Add the reference (axis-aligned) rule into `out` (B, h, w) via a difference array and two cumsums."""
+    bsz, h, w = out.shape
+    s_h, s_w = scale
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    # Reference range: floor of the low edge to ceil of the high edge, inclusive, clamped into the grid.
+    c0, c1 = torch.floor(x1 * s_w).clamp(min=0), torch.ceil(x2 * s_w).clamp(max=w - 1)
+    r0, r1 = torch.floor(y1 * s_h).clamp(min=0), torch.ceil(y2 * s_h).clamp(max=h - 1)
+    valid = (c0 <= c1) & (r0 <= r1)  # False for boxes off the grid, inverted boxes and NaNs: they add nothing
+    zero = torch.zeros_like(c0)
+    c0, c1, r0, r1 = (torch.where(valid, t, zero).long() for t in (c0, c1, r0, r1))
+    area = ((c1 - c0 + 1) * (r1 - r0 + 1)).to(out.dtype)
+    v = valid.to(out.dtype) / area
+    diff = out.new_zeros(bsz, h + 1, w + 1)
+    stride = (h + 1) * (w + 1)
+    for rr, cc, sign in ((r0, c0, 1.0), (r0, c1 + 1, -1.0), (r1 + 1, c0, -1.0), (r1 + 1, c1 + 1, 1.0)):
+        diff.view(-1).index_add_(0, b * stride + rr * (w + 1) + cc, v * sign)
+    out += diff.cumsum(1).cumsum(2)[:, :h, :w]
+
+
+def _obb(boxes: torch.Tensor, b: torch.Tensor, out: torch.Tensor, scale: tuple[float, float]) -> None:
+    """Add the rotated rule into `out` (B, h, w): test each box's candidate cells, always keep its centre cell."""
+    bsz, h, w = out.shape
+    s_h, s_w = scale
+    keep = torch.isfinite(boxes).all(1)  # NaN/inf boxes cannot be placed: skip them
+    boxes, b = boxes[keep], b[keep]
+    if not len(boxes):
+        return
+    cx, cy, bw, bh, r = boxes.unbind(-1)
+    hx1, hy1, hx2, hy2 = xywhr_to_xyxy_hull(boxes).unbind(-1)
+    ccol = torch.floor(cx * s_w).clamp(0, w - 1)
+    crow = torch.floor(cy * s_h).clamp(0, h - 1)
+    # Candidate window: cells whose centre (i + 0.5) / s can fall inside the hull, widened by a hair against
+    # rounding in the hull, clamped into the grid, then stretched to contain the (clamped) centre cell.
+    tol = 1e-6
+    col0 = torch.minimum(torch.ceil(hx1 * s_w - 0.5 - tol).clamp(0, w - 1), ccol)
+    col1 = torch.maximum(torch.floor(hx2 * s_w - 0.5 + tol).clamp(0, w - 1), ccol)
+    row0 = torch.minimum(torch.ceil(hy1 * s_h - 0.5 - tol).clamp(0, h - 1), crow)
+    row1 = torch.maximum(torch.floor(hy2 * s_h - 0.5 + tol).clamp(0, h - 1), crow)
+    kw = (col1 - col0 + 1).long()
+    n_cand = (row1 - row0 + 1).long() * kw
+    cos, sin = torch.cos(r), torch.sin(r)
+    ends = n_cand.cumsum(0)
+    flat = out.view(-1)
+    start = 0
+    while start < len(boxes):  # usually one pass; several only when the windows hold millions of cells
+        before = int(ends[start - 1]) if start else 0
+        stop = max(int(torch.searchsorted(ends, before + _MAX_CANDIDATES, right=True)), start + 1)
+        sl = slice(start, stop)
+        counts = n_cand[sl]
+        box = torch.repeat_interleave(torch.arange(stop - start, device=out.device), counts)
+        offset = ends[sl] - counts - before  # first candidate of each box in this pass
+        k = torch.arange(len(box), device=out.device) - offset[box]
+        col = col0[sl][box] + (k % kw[sl][box])
+        row = row0[sl][box] + torch.div(k, kw[sl][box], rounding_mode="floor")
+        dx = (col + 0.5) / s_w - cx[sl][box]
+        dy = (row + 0.5) / s_h - cy[sl][box]
+        u = dx * cos[sl][box] + dy * sin[sl][box]  # cell centre in the box frame
+        v = dy * cos[sl][box] - dx * sin[sl][box]
+        inside = (u.abs() <= bw[sl][box] / 2) & (v.abs() <= bh[sl][box] / 2)
+        covered = (inside | ((col == ccol[sl][box]) & (row == crow[sl][box]))).to(out.dtype)
+        area = torch.zeros(stop - start, dtype=out.dtype, device=out.device).index_add_(0, box, covered)
+        flat.index_add_(0, (b[sl][box] * h + row.long()) * w + col.long(), covered / area[box])
+        start = stop
+
+
+def disw_weights(
+    boxes: torch.Tensor,
+    batch_idx: torch.Tensor,
+    batch_size: int,
+    input_hw: tuple[int, int],
+    band_hw: tuple[int, int],
+    mode: str = "hbb",
+) -> torch.Tensor:
+    """Build the DISW map of one pyramid level on its wavelet-band grid.
+
+    The map starts at 1 everywhere; each box adds 1/A to each of the A cells it covers (so its total mass is 1) and
+    overlapping boxes add up. The grid scale is s = band size / input size per axis (`input_hw` is the padded network
+    input the boxes live in).
+
+    - "hbb" (reference rule): boxes (M, 4) xyxy, or (M, 5) xywhr reduced to their axis-aligned hull. Columns
+      max(0, floor(x1 * s_w)) .. min(w - 1, ceil(x2 * s_w)) inclusive, rows likewise. A box whose range is empty
+      after clamping (entirely off the grid, inverted, or NaN) is skipped and adds nothing.
+    - "obb" (rotated rule): boxes (M, 5) xywhr. Covered cells are those whose centre ((i + 0.5) / s in input pixels)
+      lies inside the rotated rectangle (boundary included), plus always the cell holding the box centre, clamped
+      into the grid. Every finite box therefore adds mass 1, even a thin one that covers no cell centre or one lying
+      off the grid (its nearest border cell); non-finite boxes are skipped.
+
+    Args:
+        boxes (torch.Tensor): (M, 4) xyxy or (M, 5) xywhr (angle in radians) boxes in input pixels.
+        batch_idx (torch.Tensor): (M,) image index of each box in the batch (Ultralytics' `batch["batch_idx"]`).
+        batch_size (int): Number of images B.
+        input_hw (tuple[int, int]): (H, W) of the network input.
+        band_hw (tuple[int, int]): (h, w) of the band grid for this level.
+        mode (str): "hbb" or "obb".
+
+    Returns:
+        (torch.Tensor): (B, 1, h, w) float32 weights on the boxes' device.
+
+    Examples:
+        >>> boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0]])
+        >>> w = disw_weights(boxes, torch.zeros(1), 1, (64, 64), (8, 8))
+        >>> float(w.sum() - 64)  # one box adds a mass of exactly 1
+        1.0
+    """
+    if mode not in DISW_MODES:
+        raise ValueError(f"unknown DISW mode {mode!r}: use one of {', '.join(repr(m) for m in DISW_MODES)}")
+    _check(boxes, batch_idx, batch_size, input_hw, band_hw)
+    if mode == "obb" and boxes.shape[1] != 5:
+        raise ValueError(f"DISW mode 'obb' needs (M, 5) xywhr boxes, got {tuple(boxes.shape)}; use mode='hbb' for xyxy")
+    device = boxes.device
+    h, w = int(band_hw[0]), int(band_hw[1])
+    # float64 keeps the cumsum and the 1/A sums exact to ~1e-15; MPS has no float64.
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    out = torch.ones(int(batch_size), h, w, dtype=dtype, device=device)
+    if boxes.shape[0]:
+        b = batch_idx.to(device=device).long()
+        if int(b.min()) < 0 or int(b.max()) >= batch_size:
+            raise ValueError(f"DISW batch_idx values must lie in [0, {batch_size - 1}], got {b.min()}..{b.max()}")
+        scale = (h / float(input_hw[0]), w / float(input_hw[1]))
+        boxes = boxes.detach().to(dtype)
+        if mode == "hbb":
+            _hbb(xywhr_to_xyxy_hull(boxes) if boxes.shape[1] == 5 else boxes, b, out, scale)
+        else:
+            _obb(boxes, b, out, scale)
+    return out.float().unsqueeze(1)

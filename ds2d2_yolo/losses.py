@@ -219,7 +219,9 @@ def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> 
         (torch.Tensor): Scalar loss.
     """
     if student.shape != teacher.shape or student.ndim != 4:
-        raise ValueError(f"cwd_loss needs equal (N, C, h, w) shapes, got {tuple(student.shape)}, {tuple(teacher.shape)}")
+        raise ValueError(
+            f"cwd_loss needs equal (N, C, h, w) shapes, got {tuple(student.shape)}, {tuple(teacher.shape)}"
+        )
     n, c = student.shape[:2]
     log_ps = F.log_softmax(_f32(student).reshape(n * c, -1) / tau, dim=1)
     log_pt = F.log_softmax(_teacher(teacher).reshape(n * c, -1) / tau, dim=1)

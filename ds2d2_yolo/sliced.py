@@ -131,10 +131,11 @@ def merge_tile_predictions(
 ) -> dict[str, np.ndarray]:
     """Shift per-tile predictions to image coordinates and merge duplicates from tile overlaps.
 
-    Two steps: class-aware NMS (torchvision for xyxy; Ultralytics' ProbIoU fast-NMS for xywhr, as its OBB predictor
-    uses), then, unless `cut_ios` is None, removal of partial boxes: a box touching an inner tile border (within
+    Two steps. Unless `cut_ios` is None, partial boxes are removed first: a box touching an inner tile border (within
     `edge_margin` px) whose area lies at least `cut_ios` inside a larger same-class box from another tile is the
-    truncated view of an object that the other tile saw whole. Their IoU is low, so NMS alone keeps both.
+    truncated view of an object that the other tile saw whole (their IoU is low, so NMS alone keeps both, or keeps the
+    partial one when it is more confident). Then class-aware NMS removes the duplicates of objects seen whole by
+    several tiles (torchvision NMS for xyxy; for xywhr Ultralytics' ProbIoU fast-NMS, as its OBB predictor uses).
 
     Args:
         preds (Sequence[dict[str, Any]]): One dict per tile with `boxes` (N, 4) xyxy or (N, 5) xywhr (radians) in tile
@@ -174,18 +175,21 @@ def merge_tile_predictions(
     cls = torch.cat(cls) if cls else torch.zeros(0, dtype=torch.long)
     tile_idx = torch.cat(tile_idx) if tile_idx else torch.zeros(0, dtype=torch.long)
 
-    if len(boxes) == 0:
-        keep = torch.zeros(0, dtype=torch.long)
+    # Partial boxes go first: NMS could otherwise keep a confident partial box and suppress the whole one
+    cand = torch.arange(len(boxes))
+    if cut_ios is not None and len(boxes):
+        cand = cand[~_cut_partials(boxes, cls, tile_idx, windows, obb, cut_ios, edge_margin)]
+    b, c, s = boxes[cand], cls[cand], conf[cand]
+    if len(cand) == 0:
+        keep = cand
     elif obb:
         # Shift each class far beyond every box so one ProbIoU NMS never compares different classes
-        span = float(boxes[:, :2].abs().max() + boxes[:, 2:4].max()) * 2 + 1
-        shifted = boxes.clone()
-        shifted[:, :2] += cls[:, None].float() * span
-        keep = TorchNMS.fast_nms(shifted, conf, iou, iou_func=batch_probiou)
+        span = float(b[:, :2].abs().max() + b[:, 2:4].max()) * 2 + 1
+        shifted = b.clone()
+        shifted[:, :2] += c[:, None].float() * span
+        keep = cand[TorchNMS.fast_nms(shifted, s, iou, iou_func=batch_probiou)]
     else:
-        keep = batched_nms(boxes, conf, cls, iou)
-    if cut_ios is not None and len(keep):
-        keep = keep[~_cut_partials(boxes[keep], cls[keep], tile_idx[keep], windows, obb, cut_ios, edge_margin)]
+        keep = cand[batched_nms(b, s, c, iou)]
     keep = keep[conf[keep].argsort(descending=True, stable=True)]
     return {"boxes": boxes[keep].numpy(), "conf": conf[keep].numpy(), "cls": cls[keep].numpy()}
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -113,10 +114,11 @@ def train_amplifier(
 
 
 def freeze(head: nn.Module) -> nn.Module:
-    """Put a head in eval mode without gradients."""
+    """Put a head in eval mode without gradients (and drop the last training step's .grad buffers)."""
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)
+        p.grad = None
     return head
 
 

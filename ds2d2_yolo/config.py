@@ -7,7 +7,6 @@ from typing import Any
 
 import yaml
 
-
 from ds2d2_yolo.cfg import CFG_DIR
 
 DISTILL_METHODS = ("ds2d2", "cwd", "mgd", "native", "none")

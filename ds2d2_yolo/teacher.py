@@ -111,7 +111,16 @@ def load_teacher(path: str | Path | None, task: str, data_names: dict | list) ->
         ) from None
     if not isinstance(model, nn.Module) or not hasattr(model, "model"):
         raise DS2D2ArgError(f"teacher '{path}' holds no Ultralytics model; pass a .pt saved by Ultralytics")
-    t_task = guess_model_task(model)
+    from ultralytics.nn.modules.head import OBB, Detect
+
+    head = model.model[-1]
+    # The head decides: checkpoints written outside a training run may carry a default task="detect" in their args.
+    if isinstance(head, OBB):
+        t_task = "obb"
+    elif isinstance(head, Detect) and not hasattr(head, "kpt_shape") and not hasattr(head, "nm"):
+        t_task = "detect"  # plain Detect (pose and segment heads subclass it and carry kpt_shape / nm)
+    else:
+        t_task = guess_model_task(model)
     if t_task != task:
         hint = "an OBB teacher (e.g. yolov8n-obb.pt)" if task == "obb" else "a detect teacher (e.g. yolov8n.pt)"
         raise DS2D2ArgError(f"teacher '{p.name}' is a '{t_task}' model but the student is '{task}'; use {hint}")

@@ -25,11 +25,11 @@ def need_shared(path: Path) -> Path:
     return path
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, names: dict[int, str]) -> Path:
+def save_checkpoint(model: torch.nn.Module, path: Path, names: dict[int, str], task: str) -> Path:
     """Save a model as a minimal Ultralytics checkpoint, like a trained teacher file."""
     model.names = names
-    model.args = {"imgsz": 64}
-    torch.save({"model": model, "train_args": {}, "epoch": -1}, path)
+    model.args = {"imgsz": 64, "task": task}
+    torch.save({"model": model, "train_args": {"task": task}, "epoch": -1}, path)
     return path
 
 
@@ -70,7 +70,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         out[f"{task}_student"] = tiny_yaml(tmp, base, 0.0625)
         torch.manual_seed(0)
         teacher = cls(str(tiny_yaml(tmp, base, 0.125)), nc=3, verbose=False)
-        out[f"{task}_teacher"] = save_checkpoint(teacher, tmp / f"teacher-{task}.pt", names)
+        out[f"{task}_teacher"] = save_checkpoint(teacher, tmp / f"teacher-{task}.pt", names, task)
     return out
 
 
@@ -106,5 +106,7 @@ def train_overrides(tmp: Path, **kw) -> dict:
         deterministic=True,
         amp_epochs=1,
         mosaic=0.0,
+        warmup_epochs=0,  # tiny runs have a handful of steps: no warm-up, one optimizer step per batch
+        nbs=4,
     )
     return {**base, **kw}

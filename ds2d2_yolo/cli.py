@@ -53,7 +53,7 @@ def usage() -> str:
         "DS2D2 keys (train, amplifier) and defaults (cfg/ds2d2.yaml):",
     ]
     lines += [f"  {k}={'' if v is None else v}" for k, v in defaults().items()]
-    lines += ["", "Example: ds2d2-yolo obb train model=yolov8n-obb.yaml data=DOTAv1.yaml teacher=teacher.pt distill=ds2d2"]
+    lines += ["", "Example: ds2d2-yolo obb train model=yolov8n-obb.yaml data=DOTAv1.yaml teacher=t.pt distill=ds2d2"]
     return "\n".join(lines)
 
 
@@ -79,7 +79,8 @@ def parse(argv: list[str]) -> tuple[str | None, str, dict[str, Any]]:
         elif a in {"-h", "--help"}:
             mode = "help"
         else:
-            raise UsageError(f"unknown argument '{a}'; expected a mode ({', '.join(OWN_MODES + PASS_MODES)}) or key=value")
+            modes = ", ".join(OWN_MODES + PASS_MODES)
+            raise UsageError(f"unknown argument '{a}'; expected a mode ({modes}) or key=value")
     return task, mode or "help", kv
 
 

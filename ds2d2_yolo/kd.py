@@ -61,7 +61,7 @@ def amplifier_kd(
     zs = student_out["scores"].float()
     zt = teacher_out["scores"].detach().float()
     if class_map is not None:
-        zs, zt = zs, zt[:, class_map.to(zt.device)]
+        zt = zt[:, class_map.to(zt.device)]
     w = zt.sigmoid().amax(1)  # (B, A)
     norm = w.sum().clamp(min=1.0)
     loss = quality_focal_kd(zs, zt, beta).sum() / norm
@@ -70,5 +70,6 @@ def amplifier_kd(
         with torch.no_grad():
             bt = decode_head(head, {k: v.detach().float() for k, v in teacher_out.items() if k != "feats"}, feats)
         fn = box_kd_obb if bs.shape[-1] == 5 else box_kd_hbb
-        loss = loss + box_weight * fn(bs.reshape(-1, bs.shape[-1]), bt.reshape(-1, bt.shape[-1]), w.reshape(-1)).sum() / norm
+        per_anchor = fn(bs.reshape(-1, bs.shape[-1]), bt.reshape(-1, bt.shape[-1]), w.reshape(-1))
+        loss = loss + box_weight * per_anchor.sum() / norm
     return loss

@@ -137,7 +137,8 @@ class DS2D2Trainer(DetectionTrainer):
     # ------------------------------------------------------------------------------------------------------------
     def _restore_resume_state(self, given: dict[str, Any]) -> None:
         """Take the distillation settings from the checkpoint being resumed; only a moved teacher path may change."""
-        ckpt = torch_load(self.args.resume if isinstance(self.args.resume, str) else self.args.model, map_location="cpu")
+        path = self.args.resume if isinstance(self.args.resume, str) else self.args.model
+        ckpt = torch_load(path, map_location="cpu")
         state = ckpt.get("ds2d2") if isinstance(ckpt, dict) else None
         if not state:
             if self.ds2d2["distill"] in FEATURE_METHODS:
@@ -231,7 +232,7 @@ class DS2D2Trainer(DetectionTrainer):
         if not all(torch.isfinite(v).all() for v in student.state_dict().values() if v.is_floating_point()):
             live = unwrap_model(self.model)
             live = live.student_model if wrapped else live
-            for (k, v), lv in zip(student.state_dict().items(), live.state_dict().values()):
+            for v, lv in zip(student.state_dict().values(), live.state_dict().values()):
                 if v.is_floating_point() and not torch.isfinite(v).all() and torch.isfinite(lv).all():
                     v.copy_(lv)  # one non-finite EMA update must not poison every later checkpoint
         snapshot = deepcopy(student).half().to(memory_format=torch.contiguous_format)

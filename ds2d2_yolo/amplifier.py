@@ -15,7 +15,7 @@ from torch import nn
 from ds2d2_yolo.config import DS2D2ArgError
 from ds2d2_yolo.distiller import match_channels
 from ds2d2_yolo.dwt import DWT2d, high_frequency
-from ds2d2_yolo.hooks import detection_head, head_features
+from ds2d2_yolo.hooks import head_features
 
 FORMAT = "ds2d2-amplifier/1"
 
@@ -43,6 +43,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 def train_amplifier(
     teacher: nn.Module,
+    head: nn.Module,
     batches: Callable[[], Iterable[dict]],
     hyp: Any,
     epochs: int,
@@ -60,6 +61,7 @@ def train_amplifier(
 
     Args:
         teacher (nn.Module): Frozen teacher (eval mode).
+        head (nn.Module): Unfused copy of the teacher's head to start from (copied again here).
         batches (Callable): Returns an iterable of preprocessed Ultralytics batches for one epoch.
         hyp (Any): Hyperparameter namespace for the detection loss (box, cls, dfl, ...), e.g. trainer args.
         epochs (int): Number of passes over `batches()`.
@@ -73,7 +75,7 @@ def train_amplifier(
         (nn.Module): The trained head, frozen and in eval mode.
     """
     device = next(teacher.parameters()).device
-    head = copy.deepcopy(detection_head(teacher)).to(device)
+    head = copy.deepcopy(head).to(device).train()
     for p in head.parameters():
         p.requires_grad_(True)
     for p in head.dfl.parameters():
@@ -138,7 +140,7 @@ def save_amplifier(head: nn.Module, path: str | Path, fingerprint: str, cfg: dic
     return Path(path)
 
 
-def amplifier_from_state(teacher: nn.Module, state: dict, fingerprint: str, cfg: dict, source: str) -> nn.Module:
+def amplifier_from_state(template: nn.Module, state: dict, fingerprint: str, cfg: dict, source: str) -> nn.Module:
     """Rebuild an amplifier head from saved state, after checking it was made for this teacher and wavelet."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DS2D2ArgError(f"amplifier '{source}' is not a DS2D2 amplifier file; omit amplifier= to train one")
@@ -153,12 +155,12 @@ def amplifier_from_state(teacher: nn.Module, state: dict, fingerprint: str, cfg:
                 f"amplifier '{source}' was trained with {k}={state.get(k)} but this run uses {k}={cfg[k]}; "
                 "omit amplifier= to train a matching one"
             )
-    head = copy.deepcopy(detection_head(teacher))
+    head = copy.deepcopy(template)
     head.load_state_dict(state["state_dict"])
-    return freeze(head.to(next(teacher.parameters()).device))
+    return freeze(head)
 
 
-def load_amplifier(path: str | Path, teacher: nn.Module, fingerprint: str, cfg: dict) -> nn.Module:
+def load_amplifier(path: str | Path, template: nn.Module, fingerprint: str, cfg: dict) -> nn.Module:
     """Load and check an amplifier file written by `save_amplifier`."""
     p = Path(path)
     if not p.is_file():
@@ -167,4 +169,4 @@ def load_amplifier(path: str | Path, teacher: nn.Module, fingerprint: str, cfg: 
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception:
         raise DS2D2ArgError(f"amplifier '{path}' is unreadable; omit amplifier= to train one automatically") from None
-    return amplifier_from_state(teacher, state, fingerprint, cfg, str(path))
+    return amplifier_from_state(template, state, fingerprint, cfg, str(path))

@@ -1,194 +1,513 @@
-"""The `ds2d2-yolo` command, in Ultralytics' grammar: `ds2d2-yolo [task] mode key=value ...`."""
+"""The `ds2d2-yolo` command, in Ultralytics' grammar: `ds2d2-yolo [task] mode key=value ...`.
+
+Modes:
+    train: distil (or train) a detect/OBB student with `DS2D2Trainer`. DS2D2 keys (`distill`, `teacher`, `lambda_*`,
+        ... see `cfg/ds2d2.yaml`) are ours; every other key goes to Ultralytics unchanged.
+    amplifier: train the high-frequency amplifier of a teacher once and write `amplifier.pt` (reuse it with
+        `amplifier=` in later runs).
+    val, predict, export, track: passed to Ultralytics' own command unchanged.
+    convert, slice, demo, benchmark, visualize: this package's tools, each with its own keys.
+
+Every user mistake (unknown key, bad value, missing teacher/model/data file) is reported as one line on stderr with
+exit code 2 and no traceback, before any model is built or any run folder is created. Nothing here downloads: a
+model or dataset that is not on disk is an error, not a download.
+
+Bare dataset names `data=DIOR.yaml` and `data=DOTAv1.yaml` (also `DIOR`, `DOTAv1`) resolve to this package's copies
+in `cfg/` (no `download:` key, the classes of the published splits) instead of Ultralytics' bundled yamls, unless a
+file of that name exists in the working directory.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
 
+from ds2d2_yolo.cfg import CFG_DIR
 from ds2d2_yolo.config import DS2D2ArgError, check_args, defaults, split_overrides
 
-OWN_MODES = ("train", "amplifier", "demo", "benchmark", "convert", "slice", "visualize", "help")
+OWN_MODES = ("train", "amplifier", "demo", "benchmark", "convert", "slice", "visualize", "help", "version")
 PASS_MODES = ("val", "predict", "export", "track")
-TASKS = ("detect", "obb")
+DISTIL_TASKS = ("detect", "obb")
+# Ultralytics' tasks: accepted positionally so pass-through modes keep Ultralytics' grammar; train and amplifier
+# check for DISTIL_TASKS themselves.
+TASKS = ("detect", "segment", "semantic", "depth", "classify", "pose", "obb")
+# Dataset yamls shipped in cfg/ that shadow Ultralytics' bundled ones of the same name.
+DATASET_YAMLS = ("DIOR.yaml", "DOTAv1.yaml")
+# BaseTrainer.build_optimizer's names (matched case-insensitively there); checked here so a typo fails before the
+# run folder is created rather than after the model is built.
+OPTIMIZERS = ("SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "auto")
 
-# Keys of our subcommands other than train (they never reach Ultralytics).
-SUBCOMMAND_KEYS = {
-    "convert": {"format": "dota", "src": None, "dst": None, "tile": 1024, "gap": 200, "skip_difficult": False},
-    "slice": {
-        "model": None,
-        "source": None,
-        "tile": 1024,
-        "overlap": 0.2,
-        "conf": 0.25,
-        "iou": 0.7,
-        "imgsz": None,
-        "device": None,
-        "save": "sliced.png",
+# Keys of our subcommands other than train: {mode: {key: (default, type, choices or None)}}. They never reach
+# Ultralytics. `type` None means "any value, passed as given".
+SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
+    "convert": {
+        "format": ("dota", str, ("dota", "dior", "dior-r")),
+        "src": (None, str, None),
+        "dst": (None, str, None),
+        "tile": (1024, int, None),
+        "gap": (200, int, None),
+        "skip_difficult": (False, bool, None),
     },
-    "visualize": {"model": None, "teacher": None, "source": None, "imgsz": 640, "wavelet": "haar", "out": "bands.png"},
-    "demo": {"out": "runs/ds2d2-demo", "epochs": None, "seed": 0},
-    "benchmark": {"track": "synthetic", "out": "runs/ds2d2-benchmark", "seeds": 3, "epochs": None, "methods": None},
+    "slice": {
+        "model": (None, str, None),
+        "source": (None, str, None),
+        "tile": (1024, int, None),
+        "overlap": (0.2, float, None),
+        "conf": (0.25, float, None),
+        "iou": (0.7, float, None),
+        "imgsz": (None, int, None),
+        "device": (None, None, None),
+        "save": ("sliced.png", str, None),
+    },
+    "visualize": {
+        "model": (None, str, None),
+        "teacher": (None, str, None),
+        "source": (None, str, None),
+        "imgsz": (640, int, None),
+        "wavelet": ("haar", str, None),
+        "out": ("bands.png", str, None),
+    },
+    "demo": {"out": ("runs/ds2d2-demo", str, None), "epochs": (None, int, None), "seed": (0, int, None)},
+    "benchmark": {
+        "track": ("synthetic", str, ("synthetic", "dota")),
+        "out": ("runs/ds2d2-benchmark", str, None),
+        "seeds": (3, int, None),
+        "epochs": (None, int, None),
+        "methods": (None, str, None),
+    },
 }
+REQUIRED_KEYS = {"convert": ("src", "dst"), "slice": ("model", "source")}
+
+MODE_HELP = {
+    "train": "distil (or train) a detect/OBB student; every non-DS2D2 key goes to Ultralytics unchanged",
+    "amplifier": "train the high-frequency amplifier of teacher= on data= once and write amplifier.pt",
+    "convert": "prepare a dataset: format=dota|dior|dior-r src=... dst=... (DOTA: tile= gap=)",
+    "slice": "sliced prediction on one large image: model=... source=... tile=1024 overlap=0.2",
+    "visualize": "DWT bands and DISW maps of teacher and student: teacher=... model=... source=...",
+    "demo": "offline end-to-end demo on generated aerial data (ds2d2 vs none)",
+    "benchmark": "compare none/native/cwd/mgd/ds2d2 with identical settings (track=synthetic|dota)",
+    "val predict export track": "passed to Ultralytics unchanged (model=... required; nothing is downloaded)",
+    "help, version": "this text; the package and Ultralytics versions",
+}
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class UsageError(Exception):
-    """A command-line mistake: reported as one line with exit code 2."""
+    """A command-line mistake: reported as one line on stderr with exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Help
+
+
+def _fmt(v: Any) -> str:
+    """Format a value the way it would be typed on the command line."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def key_docs() -> dict[str, str]:
+    """Return the one-line description of each DS2D2 key, taken from its comment in `cfg/ds2d2.yaml`."""
+    docs = {}
+    for line in (CFG_DIR / "ds2d2.yaml").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^(\w+):[^#]*#\s*(.*)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2).strip()
+    return docs
 
 
 def usage() -> str:
-    """Return the help text listing modes and every DS2D2 key with its default."""
-    lines = [
-        "Usage: ds2d2-yolo [detect|obb] MODE key=value ...",
+    """Return the help text: modes, every DS2D2 key with its default and meaning, and the subcommands' keys."""
+    lines = ["Usage: ds2d2-yolo [detect|obb] MODE key=value ...", "", "Modes:"]
+    lines += [f"  {m:<25} {h}" for m, h in MODE_HELP.items()]
+    lines += ["", "DS2D2 keys (train, amplifier) with their defaults (cfg/ds2d2.yaml):"]
+    docs = key_docs()
+    for k, v in defaults().items():
+        lines.append(f"  {k + '=' + _fmt(v):<25} {docs.get(k, '')}".rstrip())
+    lines += ["", "Keys of the other modes, with their defaults:"]
+    for mode, spec in SUBCOMMAND_KEYS.items():
+        lines.append(f"  {mode:<10} " + " ".join(f"{k}={_fmt(d)}" for k, (d, _, _) in spec.items()))
+    lines += [
         "",
-        "Modes:",
-        "  train       distil (or train) a student; every non-DS2D2 key goes to Ultralytics unchanged",
-        "  amplifier   train the high-frequency amplifier for a teacher and write amplifier.pt",
-        "  demo        offline end-to-end demo on generated aerial data (ds2d2 vs none)",
-        "  benchmark   compare none/native/cwd/mgd/ds2d2 (track=synthetic|dota)",
-        "  convert     dataset conversion: format=dota|dior|dior-r src=... dst=... [tile= gap=]",
-        "  slice       sliced prediction on a large image: model=... source=... tile=1024 overlap=0.2",
-        "  visualize   DWT bands and DISW maps of teacher and student: teacher=... model=... source=...",
-        "  val predict export track   passed to Ultralytics unchanged",
+        "Any other key is an Ultralytics key (see 'yolo cfg'). data=DIOR.yaml and data=DOTAv1.yaml name this",
+        f"package's dataset files in {CFG_DIR} (prepare the images with 'ds2d2-yolo convert').",
         "",
-        "DS2D2 keys (train, amplifier) and defaults (cfg/ds2d2.yaml):",
+        "Examples:",
+        "  ds2d2-yolo obb amplifier teacher=teacher.pt data=DOTAv1.yaml imgsz=1024 amp_epochs=3",
+        "  ds2d2-yolo obb train model=yolov8n-obb.yaml data=DOTAv1.yaml teacher=teacher.pt amplifier=amplifier.pt",
+        "  ds2d2-yolo detect train model=yolov8n.yaml data=DIOR.yaml teacher=dior-teacher.pt distill=ds2d2",
+        "  ds2d2-yolo obb val model=runs/obb/train/weights/best.pt data=DOTAv1.yaml",
     ]
-    lines += [f"  {k}={'' if v is None else v}" for k, v in defaults().items()]
-    lines += ["", "Example: ds2d2-yolo obb train model=yolov8n-obb.yaml data=DOTAv1.yaml teacher=t.pt distill=ds2d2"]
     return "\n".join(lines)
 
 
-def parse(argv: list[str]) -> tuple[str | None, str, dict[str, Any]]:
-    """Split argv into (task, mode, key=value dict), with Ultralytics' value typing.
+# ------------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse(argv: list[str]) -> tuple[str | None, str, dict[str, Any], dict[str, str]]:
+    """Split argv into (task, mode, typed key=value dict, raw key=value strings), with Ultralytics' value typing.
+
+    Bare boolean keys (`show`, `explicit`) mean `key=True`, as in Ultralytics' grammar.
 
     Raises:
-        UsageError: On a malformed argument or an unknown mode.
+        UsageError: On a malformed argument, an unknown word, or two modes.
     """
-    from ultralytics.cfg import merge_equals_args, smart_value
+    from ultralytics.cfg import DEFAULT_CFG_DICT, merge_equals_args, smart_value
 
-    task, mode, kv = None, None, {}
+    bool_keys = {k for k, v in {**DEFAULT_CFG_DICT, **defaults()}.items() if isinstance(v, bool)}
+    task, mode, kv, raw = None, None, {}, {}
     for a in merge_equals_args(list(argv)):
+        if a in {"-h", "--help", "-help"}:
+            return task, "help", {}, {}
         if "=" in a:
             k, v = a.split("=", 1)
+            k = k.lstrip("-")  # Ultralytics accepts --key=value too
             if not k or v == "":
-                raise UsageError(f"'{a}' is missing a {'key' if not k else 'value'}; write key=value, e.g. epochs=10")
-            kv[k] = smart_value(v)
+                what = "key" if not k else "value"
+                raise UsageError(f"'{a}' is missing a {what}; write key=value, e.g. epochs=10")
+            kv[k], raw[k] = smart_value(v), v
         elif a in TASKS and task is None and mode is None:
             task = a
-        elif a in (*OWN_MODES, *PASS_MODES) and mode is None:
+        elif a in (*OWN_MODES, *PASS_MODES):
+            if mode is not None:
+                raise UsageError(f"two modes given ('{mode}' and '{a}'); give one, e.g. ds2d2-yolo obb train ...")
             mode = a
-        elif a in {"-h", "--help"}:
-            mode = "help"
+        elif a in bool_keys:
+            kv[a], raw[a] = True, "True"
         else:
             modes = ", ".join(OWN_MODES + PASS_MODES)
-            raise UsageError(f"unknown argument '{a}'; expected a mode ({modes}) or key=value")
-    return task, mode or "help", kv
+            raise UsageError(f"unknown argument '{a}'; expected [task] mode key=value ..., modes: {modes}")
+    return task, mode or "help", kv, raw
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception message, without terminal colours."""
+    text = _ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+@contextmanager
+def user_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turn the exceptions by which Ultralytics and our tools report user mistakes into one-line UsageErrors.
+
+    Ultralytics reports a missing file as FileNotFoundError and a bad key or data yaml as SyntaxError; only code run
+    while setting up (never a training loop) is wrapped, so a real bug still shows its traceback.
+    """
+    try:
+        yield
+    except DS2D2ArgError:
+        raise
+    except (FileNotFoundError, SyntaxError, *extra) as e:
+        raise UsageError(_first_line(e)) from None
 
 
 def _check_ultralytics_keys(kv: dict[str, Any]) -> None:
     """Reject unknown or mistyped Ultralytics keys in one line, before any model is built."""
     from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 
+    ours = list(defaults())
     unknown = [k for k in kv if k not in DEFAULT_CFG_DICT]
     if unknown:
         import difflib
 
         k = unknown[0]
-        close = difflib.get_close_matches(k, [*DEFAULT_CFG_DICT, *defaults()], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see 'ds2d2-yolo help' and 'yolo cfg'"
-        raise UsageError(f"unknown key '{k}'{hint}")
+        close = difflib.get_close_matches(k, [*DEFAULT_CFG_DICT, *ours], n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UsageError(f"unknown key '{k}'; {hint}DS2D2 keys: {', '.join(ours)}; Ultralytics keys: run 'yolo cfg'")
     try:
         check_cfg(dict(kv))
     except (TypeError, ValueError) as e:
-        raise UsageError(str(e).strip().splitlines()[0]) from None
+        raise UsageError(_first_line(e)) from None
+    opt = kv.get("optimizer")
+    if opt is not None and str(opt).lower() not in {o.lower() for o in OPTIMIZERS}:
+        raise UsageError(f"'optimizer={opt}' is unknown; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def resolve_data(data: Any) -> Any:
+    """Map the bare names DIOR(.yaml) and DOTAv1(.yaml) to this package's `cfg/` copies.
+
+    A path with a folder, or a file of that name in the working directory, is the user's own and is kept.
+
+    Args:
+        data (Any): The `data=` value.
+
+    Returns:
+        (Any): The path of our copy for a bare shipped name, else `data` unchanged.
+    """
+    if not isinstance(data, str) or not data:
+        return data
+    p = Path(data)
+    if p.parent != Path(".") or p.exists():
+        return data
+    name = data if p.suffix in {".yaml", ".yml"} else f"{data}.yaml"
+    return str(CFG_DIR / name) if name in DATASET_YAMLS and (CFG_DIR / name).is_file() else data
+
+
+def _check_model(model: Any, mode: str) -> None:
+    """Fail in one line when a weights file is not on disk (Ultralytics would try to download it) or a yaml is unknown.
+
+    Raises:
+        UsageError: With the fix.
+    """
+    from ultralytics.utils import SETTINGS
+    from ultralytics.utils.checks import check_model_file_from_stem
+
+    if model is None or not isinstance(model, (str, Path)):
+        raise UsageError(f"{mode} needs model=path/to/weights.pt (or a model yaml such as yolov8n-obb.yaml to train)")
+    m = str(check_model_file_from_stem(str(model)))
+    if "://" in m:
+        raise UsageError(f"model '{model}' is a URL; this command never downloads: download it and pass the file")
+    if m.endswith(".pt"):
+        if not Path(m).is_file() and not (Path(SETTINGS["weights_dir"]) / m).is_file():
+            raise UsageError(
+                f"model file '{model}' not found (nothing is downloaded); pass a local .pt, or a model yaml such as "
+                "yolov8n-obb.yaml to train from scratch"
+            )
+    elif m.endswith((".yaml", ".yml")):
+        from ultralytics.nn.tasks import yaml_model_load
+
+        with user_errors():
+            yaml_model_load(m)
+
+
+def _check_data(data: Any) -> None:
+    """Check the data yaml and its image folders now, so a missing dataset fails before the run folder exists.
+
+    Raises:
+        UsageError: With the fix (for our DIOR/DOTA yamls, the convert command that prepares the images).
+    """
+    from ultralytics.data.utils import check_det_dataset
+
+    if data is None:
+        raise UsageError("train needs data=path/to/data.yaml (or data=DOTAv1.yaml / data=DIOR.yaml)")
+    try:
+        check_det_dataset(str(data), autodownload=False)
+    except (FileNotFoundError, SyntaxError, TypeError) as e:
+        msg = _first_line(e)
+        name = Path(str(data)).name
+        if name in DATASET_YAMLS and str(Path(str(data)).parent) == str(CFG_DIR):
+            fmt = "dota src=path/to/DOTA dst=../datasets/DOTAv1" if name == "DOTAv1.yaml" else "dior src=path/to/DIOR"
+            msg += f"; prepare it first: ds2d2-yolo convert format={fmt} (see {data})"
+        raise UsageError(msg) from None
+
+
+def _check_file(key: str, path: Any, suffix: str = ".pt") -> None:
+    if path is not None and not Path(str(path)).is_file():
+        raise UsageError(f"{key} file '{path}' not found; pass {key}=path/to/{key}{suffix}")
+
+
+def _load_cfg_file(kv: dict[str, Any]) -> dict[str, Any]:
+    """Merge a `cfg=file.yaml` under the command-line keys, as Ultralytics does; the file may hold DS2D2 keys too."""
+    if kv.get("cfg") is None:
+        kv.pop("cfg", None)
+        return kv
+    import yaml
+
+    path = Path(str(kv.pop("cfg")))
+    if not path.is_file():
+        raise UsageError(f"cfg file '{path}' not found; pass cfg=path/to/overrides.yaml")
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise UsageError(f"cfg file '{path}' must be a mapping of key: value")
+    return {**{k: v for k, v in loaded.items() if k != "cfg"}, **kv}
+
+
+def _distil_args(mode: str, task: str | None, kv: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate train/amplifier keys completely; return (Ultralytics keys, DS2D2 keys), nothing built yet."""
+    if task and task not in DISTIL_TASKS:
+        raise UsageError(f"task '{task}' is not supported by {mode}; DS2D2 distils {' and '.join(DISTIL_TASKS)} models")
+    ul, mine = split_overrides(_load_cfg_file(kv))
+    if task:
+        ul.setdefault("task", task)
+    if "data" in ul:
+        ul["data"] = resolve_data(ul["data"])
+    cfg = check_args({**mine, "distill": "ds2d2"} if mode == "amplifier" else mine)
+    _check_ultralytics_keys(ul)
+    resume = ul.get("resume")
+    if mode == "train" and resume:
+        # Ultralytics takes model, data and the DS2D2 state from the checkpoint being resumed.
+        if isinstance(resume, str):
+            _check_file("resume", resume)
+        _check_file("teacher", cfg["teacher"])
+        return ul, mine
+    if cfg["distill"] != "none" and not cfg["teacher"]:
+        hint = "" if mode == "amplifier" else " (or distill=none to train without a teacher)"
+        raise UsageError(f"{mode} with distill={cfg['distill']} needs teacher=path/to/teacher.pt{hint}")
+    if cfg["distill"] != "none":
+        _check_file("teacher", cfg["teacher"])
+        if not cfg["teacher"].endswith(".pt"):
+            raise UsageError(f"teacher '{cfg['teacher']}' is not a .pt checkpoint; pass a trained Ultralytics .pt")
+    if cfg["distill"] == "ds2d2" and mode == "train":
+        _check_file("amplifier", cfg["amplifier"])
+    _check_model(ul.get("model", cfg["teacher"] if mode == "amplifier" else None), mode)
+    _check_data(ul.get("data"))
+    return ul, mine
 
 
 def _own_keys(mode: str, kv: dict[str, Any]) -> dict[str, Any]:
+    """Validate a subcommand's keys against SUBCOMMAND_KEYS; return them merged over the defaults."""
     spec = SUBCOMMAND_KEYS[mode]
-    unknown = [k for k in kv if k not in spec]
-    if unknown:
-        raise UsageError(f"unknown key '{unknown[0]}' for {mode}; valid keys: {', '.join(spec)}")
-    return {**spec, **kv}
+    args = {k: d for k, (d, _, _) in spec.items()}
+    for k, v in kv.items():
+        if k not in spec:
+            raise UsageError(f"unknown key '{k}' for {mode}; valid keys: {', '.join(spec)}")
+        _, typ, choices = spec[k]
+        if v is None or typ is None:
+            args[k] = v
+            continue
+        if typ is bool:
+            if not isinstance(v, bool):
+                raise UsageError(f"'{k}={v}' is not a boolean; use {k}=true or {k}=false")
+        elif typ is int:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v % 1:
+                raise UsageError(f"'{k}={v}' must be a whole number, e.g. {k}={spec[k][0] or 10}")
+            v = int(v)
+        elif typ is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UsageError(f"'{k}={v}' must be a number, e.g. {k}={spec[k][0]}")
+            v = float(v)
+        else:
+            v = str(v)
+        if choices and str(v).lower() not in choices:
+            raise UsageError(f"'{k}={v}' is unknown; choose one of {', '.join(choices)}")
+        args[k] = str(v).lower() if choices else v
+    missing = [k for k in REQUIRED_KEYS.get(mode, ()) if not args[k]]
+    if missing:
+        raise UsageError(f"{mode} needs {' and '.join(f'{k}=...' for k in missing)}; see 'ds2d2-yolo help'")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Modes
+
+
+def _train(task: str | None, kv: dict[str, Any]) -> None:
+    ul, mine = _distil_args("train", task, kv)
+    from ds2d2_yolo.trainer import DS2D2Trainer
+
+    with user_errors():
+        trainer = DS2D2Trainer(overrides={**ul, **mine})
+    trainer.train()
+
+
+def _amplifier(task: str | None, kv: dict[str, Any]) -> None:
+    ul, mine = _distil_args("amplifier", task, kv)
+    from ds2d2_yolo.trainer import build_amplifier_file
+
+    path = build_amplifier_file({**ul, **mine})
+    print(f"amplifier written to {path}; pass amplifier={path} to 'ds2d2-yolo train' with the same teacher")
+
+
+def _pass_through(task: str | None, mode: str, kv: dict[str, Any], raw: dict[str, str]) -> None:
+    """Hand the command to Ultralytics' own CLI after the checks that keep it offline and one-line on mistakes."""
+    ours = [k for k in kv if k in defaults()]
+    if ours:
+        raise UsageError(f"'{ours[0]}' is a DS2D2 training key and has no meaning for {mode}; remove it")
+    _check_ultralytics_keys(kv)
+    _check_model(kv.get("model"), mode)
+    if mode in {"predict", "track"} and kv.get("source") is None:
+        raise UsageError(f"{mode} needs source=path/to/image_or_folder (Ultralytics' default is a download)")
+    if "data" in kv:
+        raw["data"] = resolve_data(raw["data"])
+    from unittest import mock
+
+    import ultralytics.cfg
+
+    # Ultralytics' entrypoint reads its module-level ARGV; a token list keeps values with spaces intact.
+    tokens = ["ds2d2-yolo", *([task] if task else []), mode, *(f"{k}={v}" for k, v in raw.items())]
+    with mock.patch.object(ultralytics.cfg, "ARGV", tokens), user_errors():
+        ultralytics.cfg.entrypoint()
+
+
+def _subcommand(mode: str, kv: dict[str, Any]) -> None:
+    args = _own_keys(mode, kv)
+    if mode == "convert":
+        if not Path(args["src"]).is_dir():
+            raise UsageError(f"convert: src folder '{args['src']}' not found")
+        from ds2d2_yolo.dataprep import run_convert as fn
+    elif mode == "slice":
+        _check_model(args["model"], mode)
+        if not Path(args["source"]).is_file():
+            raise UsageError(f"slice: source image '{args['source']}' not found")
+        from ds2d2_yolo.sliced import run_slice as fn
+    elif mode == "benchmark":
+        from ds2d2_yolo.benchmark import METHODS
+
+        bad = [m for m in str(args["methods"] or "").split(",") if m and m not in METHODS]
+        if bad:
+            raise UsageError(f"'methods={args['methods']}': '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
+        from ds2d2_yolo.benchmark import run_benchmark as fn
+    elif mode == "demo":
+        from ds2d2_yolo.demo import run_demo as fn
+    else:
+        from ds2d2_yolo.visualize import run_visualize as fn
+    call: Callable[..., Any] = fn
+    with user_errors():
+        call(**args)
 
 
 def run(argv: list[str]) -> int:
-    """Run one command; return its exit code."""
-    task, mode, kv = parse(argv)
+    """Run one command.
+
+    Args:
+        argv (list[str]): The arguments after the program name.
+
+    Returns:
+        (int): The exit code.
+
+    Raises:
+        UsageError: On a user mistake (also DS2D2ArgError), before any model is built where it can be known then.
+    """
+    task, mode, kv, raw = parse(argv)
     if mode == "help":
         print(usage())
-        return 0
-    if task:
-        kv.setdefault("task", task)
-    if mode == "train":
-        ul, mine = split_overrides(kv)
-        cfg = check_args(mine)
-        _check_ultralytics_keys(ul)
-        if cfg["distill"] != "none" and not cfg["teacher"]:
-            raise DS2D2ArgError(f"distill={cfg['distill']} needs teacher=path/to/teacher.pt (or use distill=none)")
-        from ds2d2_yolo.trainer import DS2D2Trainer
+    elif mode == "version":
+        from ultralytics import __version__ as ul_version
 
-        DS2D2Trainer(overrides={**ul, **mine}).train()
-        return 0
-    if mode == "amplifier":
-        ul, mine = split_overrides(kv)
-        cfg = check_args({**mine, "distill": "ds2d2"})
-        _check_ultralytics_keys(ul)
-        if not cfg["teacher"]:
-            raise DS2D2ArgError("amplifier needs teacher=path/to/teacher.pt")
-        from ds2d2_yolo.trainer import build_amplifier_file
+        from ds2d2_yolo import __version__
 
-        path = build_amplifier_file({**ul, **mine})
-        print(f"amplifier written to {path}")
-        return 0
-    if mode in PASS_MODES:
-        ours = [k for k in kv if k in defaults()]
-        if ours:
-            raise UsageError(f"'{ours[0]}' is a DS2D2 training key and has no meaning for {mode}; remove it")
-        _check_ultralytics_keys({k: v for k, v in kv.items()})
-        from ultralytics.cfg import entrypoint
-
-        entrypoint(" ".join([mode, *(f"{k}={v}" for k, v in kv.items())]))
-        return 0
-    kv.pop("task", None)
-    args = _own_keys(mode, kv)
-    if mode == "demo":
-        from ds2d2_yolo.demo import run_demo
-
-        run_demo(**args)
-    elif mode == "benchmark":
-        from ds2d2_yolo.benchmark import run_benchmark
-
-        run_benchmark(**args)
-    elif mode == "convert":
-        from ds2d2_yolo.dataprep import run_convert
-
-        run_convert(**args)
-    elif mode == "slice":
-        from ds2d2_yolo.sliced import run_slice
-
-        run_slice(**args)
-    elif mode == "visualize":
-        from ds2d2_yolo.visualize import run_visualize
-
-        run_visualize(**args)
+        print(f"ds2d2-yolo {__version__} (ultralytics {ul_version})")
+    elif mode == "train":
+        _train(task, kv)
+    elif mode == "amplifier":
+        _amplifier(task, kv)
+    elif mode in PASS_MODES:
+        _pass_through(task, mode, kv, raw)
+    else:
+        if task:
+            raise UsageError(f"'{mode}' takes no task; write ds2d2-yolo {mode} key=value ...")
+        _subcommand(mode, kv)
     return 0
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
-    """Console-script entry point: one-line errors with exit code 2 for user mistakes, no traceback."""
+    """Run the command in `argv` (default: sys.argv); user mistakes print one line and return exit code 2.
+
+    Args:
+        argv (list[str] | None): The arguments after the program name.
+
+    Returns:
+        (int): The exit code.
+    """
     argv = sys.argv[1:] if argv is None else argv
     try:
-        code = run(argv)
+        return run(argv)
     except (UsageError, DS2D2ArgError) as e:
-        print(f"ds2d2-yolo: error: {e}", file=sys.stderr)
-        code = 2
-    except FileNotFoundError as e:
-        print(f"ds2d2-yolo: error: {e}", file=sys.stderr)
-        code = 2
-    return code
+        print(f"ds2d2-yolo: error: {_first_line(e)}", file=sys.stderr)
+        return 2
 
 
 def main() -> None:
-    """`python -m ds2d2_yolo` entry."""
+    """Console-script and `python -m ds2d2_yolo` entry."""
     sys.exit(entrypoint())
 
 

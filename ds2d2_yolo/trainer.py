@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from ds2d2_yolo import __version__
 from ds2d2_yolo.amplifier import amplifier_from_state, atomic_save, load_amplifier, save_amplifier, train_amplifier
 from ds2d2_yolo.config import DS2D2ArgError, check_args, split_overrides
 from ds2d2_yolo.distiller import DS2D2Model
-from ds2d2_yolo.teacher import Teacher, load_teacher
+from ds2d2_yolo.teacher import Teacher, fuse_frozen, load_teacher, read_teacher
 
 FEATURE_METHODS = ("ds2d2", "cwd", "mgd")
 
@@ -116,25 +117,53 @@ class DS2D2Trainer(DetectionTrainer):
             if not self.ds2d2["teacher"]:
                 raise DS2D2ArgError("distill=native needs a teacher; pass teacher=path/to/teacher.pt")
             overrides["distill_model"] = self.ds2d2["teacher"]
+        early_task, early_teacher = None, None
+        if self.ds2d2["distill"] in FEATURE_METHODS and not overrides.get("resume"):
+            # Check the teacher before Ultralytics creates the run folder and checks (or downloads) the dataset, so
+            # a bad teacher path costs nothing and leaves nothing behind. Only the class names wait for the data.
+            early_task = "obb" if isinstance(self, OBBTrainer) else resolve_task(overrides)
+            early_teacher = read_teacher(self.ds2d2["teacher"], early_task)
         super().__init__(cfg, overrides, _callbacks)
-        if self.resume:
-            self._restore_resume_state(mine)
-        if self.ds2d2["distill"] in FEATURE_METHODS:
-            self.teacher = load_teacher(self.ds2d2["teacher"], self.args.task, self.data["names"])
-            if self._resume_state and self._resume_state.get("amplifier"):
-                self._amplifier = amplifier_from_state(
-                    self.teacher.model, self._resume_state["amplifier"], self.teacher.fingerprint, self.ds2d2, "last.pt"
-                )
-            elif self.ds2d2["distill"] == "ds2d2" and self.ds2d2["implicit_high"] and self.ds2d2["amplifier"]:
-                self._amplifier = load_amplifier(
-                    self.ds2d2["amplifier"], self.teacher.model, self.teacher.fingerprint, self.ds2d2
-                )
+        try:
+            self._setup_distillation(mine, early_teacher if early_task == self.args.task else None)
+        except DS2D2ArgError:
+            self._discard_new_run_dir()
+            raise
         for cbs in self.callbacks.values():
             cbs[:] = [cb for cb in cbs if not isinstance(cb, CarriedArgs)]
         self.add_callback("on_pretrain_routine_start", CarriedArgs(self.ds2d2))
         LOGGER.info(f"DS2D2 {__version__}: distill={self.ds2d2['distill']} teacher={self.ds2d2['teacher']}")
 
     # ------------------------------------------------------------------------------------------------------------
+    def _setup_distillation(self, given: dict[str, Any], teacher_model: torch.nn.Module | None) -> None:
+        """Restore a resumed run's DS2D2 state, then load the teacher (checked against the data) and the amplifier.
+
+        Args:
+            given (dict): The DS2D2 keys the user passed.
+            teacher_model (nn.Module | None): The teacher already read and task-checked, or None to read it here.
+        """
+        if self.resume:
+            self._restore_resume_state(given)
+        if self.ds2d2["distill"] not in FEATURE_METHODS:
+            return
+        self.teacher = load_teacher(self.ds2d2["teacher"], self.args.task, self.data["names"], model=teacher_model)
+        if self._resume_state and self._resume_state.get("amplifier"):
+            self._amplifier = amplifier_from_state(
+                self.teacher.head, self._resume_state["amplifier"], self.teacher.fingerprint, self.ds2d2, "last.pt"
+            )
+        elif self.ds2d2["distill"] == "ds2d2" and self.ds2d2["implicit_high"] and self.ds2d2["amplifier"]:
+            self._amplifier = load_amplifier(
+                self.ds2d2["amplifier"], self.teacher.head, self.teacher.fingerprint, self.ds2d2
+            )
+
+    def _discard_new_run_dir(self) -> None:
+        """Remove the run folder Ultralytics created for a run that failed its checks, if it holds only args.yaml."""
+        if self.resume or RANK not in {-1, 0}:
+            return  # a resumed run's folder holds the user's checkpoints
+        save_dir = Path(self.save_dir)
+        if {p.relative_to(save_dir).as_posix() for p in save_dir.rglob("*")} <= {"args.yaml", "weights"}:
+            shutil.rmtree(save_dir, ignore_errors=True)
+
     def _restore_resume_state(self, given: dict[str, Any]) -> None:
         """Take the distillation settings from the checkpoint being resumed; only a moved teacher path may change."""
         path = self.args.resume if isinstance(self.args.resume, str) else self.args.model
@@ -159,8 +188,9 @@ class DS2D2Trainer(DetectionTrainer):
         """Build or load the student as Ultralytics does, then wrap it for feature distillation."""
         ckpt = super().setup_model()
         if self.teacher is not None and not isinstance(self.model, DS2D2Model):
+            amp = None if self._amplifier is None else fuse_frozen(deepcopy(self._amplifier))
             self.model = DS2D2Model(
-                self.model, self.teacher.model, self.ds2d2, class_map=self.teacher.class_map, amplifier=self._amplifier
+                self.model, self.teacher.model, self.ds2d2, class_map=self.teacher.class_map, amplifier=amp
             )
             if self._resume_state:
                 self.model.load_connector_state(self._resume_state["connectors"])
@@ -172,8 +202,8 @@ class DS2D2Trainer(DetectionTrainer):
         model = unwrap_model(self.model)
         if isinstance(model, DS2D2Model) and model.method == "ds2d2" and self.ds2d2["implicit_high"]:
             if model.amplifier is None:
-                model._hide("amplifier", self._build_amplifier())
-            self._amplifier = model.amplifier
+                self._amplifier = self._build_amplifier()  # unfused: its state is what amplifier.pt and last.pt keep
+                model._hide("amplifier", fuse_frozen(deepcopy(self._amplifier)).to(self.device))
 
     def _build_amplifier(self):
         """Train the amplifier on rank 0 (saving `amplifier.pt` beside the run) and share it with other ranks."""
@@ -183,6 +213,7 @@ class DS2D2Trainer(DetectionTrainer):
             LOGGER.info(f"DS2D2: training the high-frequency amplifier for {epochs} epochs -> {path}")
             head = train_amplifier(
                 self.teacher.model,
+                self.teacher.head,
                 lambda: (self.preprocess_batch(b) for b in self.train_loader),
                 self.args,
                 epochs,
@@ -195,7 +226,7 @@ class DS2D2Trainer(DetectionTrainer):
         if RANK != -1:
             torch.distributed.barrier()
             if RANK != 0:
-                head = load_amplifier(path, self.teacher.model, self.teacher.fingerprint, self.ds2d2)
+                head = load_amplifier(path, self.teacher.head, self.teacher.fingerprint, self.ds2d2)
         return head
 
     # ------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""Training-step cost of `distill=ds2d2` against Ultralytics' native `distill_model=`, interleaved in one run.
+
+Both wrappers get the same teacher, the same freshly built student (same seed), the same optimizer and the same
+real batches; their steps alternate (ABBA order) so machine load drifts hit both equally. Peak memory is measured
+per method in child processes (one method each, run alternately), since a process' peak RSS covers everything it
+ever did.
+
+    python -m ds2d2_yolo.bench_step --data runs/bench/report.yaml --teacher ../shared/weights/yolov8n-obb-dota.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+
+
+def _batches(data: str, imgsz: int, batch: int, n: int) -> list[dict]:
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    args = get_cfg(overrides=dict(imgsz=imgsz, task="obb"))
+    d = check_det_dataset(data)
+    ds = build_yolo_dataset(args, d["train"], batch, d, mode="train", stride=32)
+    out = []
+    for b in build_dataloader(ds, batch, 0, shuffle=False):
+        b["img"] = b["img"].float() / 255
+        out.append(b)
+        if len(out) == n:
+            break
+    return out
+
+
+def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> torch.nn.Module:
+    """A training-mode wrapper for `method` ("ds2d2", "native" or "none") around a seeded student."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.distill_model import DistillationModel
+    from ultralytics.nn.tasks import OBBModel
+
+    from ds2d2_yolo.config import check_args
+    from ds2d2_yolo.distiller import DS2D2Model
+    from ds2d2_yolo.hooks import detection_head
+    from ds2d2_yolo.teacher import load_teacher
+
+    torch.manual_seed(0)
+    student = OBBModel(student_yaml, nc=nc, verbose=False)
+    student.args = get_cfg(overrides=dict(imgsz=imgsz, task="obb"))
+    if method == "none":
+        return student.train()
+    t = load_teacher(teacher, "obb", getattr(torch.load(teacher, weights_only=False)["model"], "names", {}))
+    if method == "native":
+        return DistillationModel(teacher_model=t.model, student_model=student).train()
+    amp = deepcopy(detection_head(t.model)).eval()  # an amplifier costs the same trained or not
+    for p in amp.parameters():
+        p.requires_grad_(False)
+    return DS2D2Model(student, t.model, check_args({}), amplifier=amp).train()
+
+
+def step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict) -> float:
+    """One forward/backward/optimizer step; returns its wall time."""
+    t = time.perf_counter()
+    loss, _ = model.loss(batch) if not hasattr(model, "student_model") else model(batch)
+    loss.sum().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t
+
+
+def _opt(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+
+def interleaved(methods: list[str], a: argparse.Namespace) -> dict[str, list[float]]:
+    """Time alternating steps of each method on the same batches."""
+    batches = _batches(a.data, a.imgsz, a.batch, a.steps)
+    models = {m: build(m, a.student, a.teacher, a.imgsz, a.nc) for m in methods}
+    opts = {m: _opt(models[m]) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for i, b in enumerate(batches):
+        order = methods if i % 2 == 0 else methods[::-1]
+        for m in order:
+            dt = step(models[m], opts[m], b)
+            if i >= a.warmup:
+                times[m].append(dt)
+    return times
+
+
+def peak_rss(method: str, a: argparse.Namespace) -> float:
+    """Peak RSS (MB) of a child process that builds `method` and runs a few steps."""
+    cmd = [sys.executable, "-m", "ds2d2_yolo.bench_step", "--child", method] + _argv(a)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return float(out)
+
+
+def _argv(a: argparse.Namespace) -> list[str]:
+    return [
+        "--data",
+        a.data,
+        "--teacher",
+        a.teacher,
+        "--student",
+        a.student,
+        "--imgsz",
+        str(a.imgsz),
+        "--batch",
+        str(a.batch),
+        "--steps",
+        str(a.steps),
+        "--nc",
+        str(a.nc),
+        "--warmup",
+        str(a.warmup),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the step-time and peak-memory table."""
+    from ds2d2_yolo.models import scaled_model_yaml
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", default=None, help="student yaml (default: yolov8-obb depth 0.33 width 0.125)")
+    p.add_argument("--nc", type=int, default=15)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--child", default=None)
+    a = p.parse_args(argv)
+    if a.student is None:
+        a.student = str(
+            scaled_model_yaml("yolov8-obb.yaml", 0.33, 0.125, nc=a.nc, out=Path("/tmp/ds2d2-student-obb.yaml"))
+        )
+    if a.child:
+        model = build(a.child, a.student, a.teacher, a.imgsz, a.nc)
+        opt = _opt(model)
+        for b in _batches(a.data, a.imgsz, a.batch, min(a.steps, 4)):
+            step(model, opt, b)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return
+    methods = ["native", "ds2d2", "none"]
+    times = interleaved(methods, a)
+    rss = {m: [] for m in methods}
+    for i in range(2):
+        for m in methods if i == 0 else methods[::-1]:
+            rss[m].append(peak_rss(m, a))
+    med = {m: statistics.median(v) for m, v in times.items()}
+    mem = {m: max(v) for m, v in rss.items()}
+    n = len(times["ds2d2"])
+    print(f"\nbatch {a.batch}, imgsz {a.imgsz}, {n} timed steps each (interleaved), torch {torch.__version__}")
+    print("| method | s/step (median) | vs native | peak RSS (MB) | vs native |")
+    print("|---|---|---|---|---|")
+    for m in methods:
+        print(f"| {m} | {med[m]:.3f} | {med[m] / med['native']:.2f}x | {mem[m]:.0f} | {mem[m] / mem['native']:.2f}x |")
+    print(json.dumps({"s_per_step": med, "peak_rss_mb": mem}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""Side-by-side benchmark of distillation methods: a real DOTA-mini track and a fast synthetic track.
+
+Protocol (DESIGN Part 3): the same student, epochs, image size, augmentation and seeds for every method; whole
+source images held out for reporting and a separate tuning split; mAP50, mAP50-95, gap closure
+(method - none) / (teacher - none), seconds per training step and peak RSS, mean and spread over seeds.
+
+Every run is a separate process (so peak RSS is its own) and is appended to `results.jsonl` as soon as it ends, so a
+long grid can be interrupted and continued; the table and plot are rebuilt from whatever runs exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METHODS: dict[str, dict[str, Any]] = {
+    "none": {"distill": "none"},
+    "native": {"distill": "native"},
+    "cwd": {"distill": "cwd"},
+    "mgd": {"distill": "mgd"},
+    "ds2d2": {"distill": "ds2d2"},
+    "ds2d2-explicit": {"distill": "ds2d2", "implicit_full": False, "implicit_high": False},
+    "ds2d2-implicit": {"distill": "ds2d2", "explicit": False},
+    "ds2d2-nodisw": {"distill": "ds2d2", "disw": "none"},
+    "ds2d2-db2": {"distill": "ds2d2", "wavelet": "db2"},
+}
+
+# Real track (../shared/data): whole images per split, never mixed. The report split holds dense scenes with
+# hundreds of objects (P0706 ships, P0005 and P1888 vehicles); tuning uses P0004 (vehicles) and dota8's val tiles.
+REAL_SPLITS = {
+    "report": ["dota-devkit-example/P0706", "dota-devkit-yolo-demo/P0005", "dota-devkit-example/P1888"],
+    "tune": ["dota-devkit-yolo-demo/P0004", "dota8/val/*"],
+    "train": [
+        "dota-devkit-example/P0075",
+        "dota-devkit-example/P0168",
+        "dota-devkit-example/P0770",
+        "dota-devkit-example/P1088",
+        "dota-devkit-yolo-demo/P0003",
+        "dota-devkit-yolo-demo/P1478__1__853___962",
+        "dota8/train/*",
+    ],
+}
+
+TRACKS: dict[str, dict[str, Any]] = {
+    # Calibrated in DESIGN Part 3: 320-px tiles at native resolution, AdamW lr0=0.002, batch 16, 100 epochs.
+    "dota": {"imgsz": 320, "batch": 16, "epochs": 100, "optimizer": "AdamW", "lr0": 0.002, "width": 0.125},
+    # Minutes per run: small generated scenes, a teacher trained on 6x more scenes than the student sees.
+    "synthetic": {"imgsz": 128, "batch": 16, "epochs": 30, "optimizer": "AdamW", "lr0": 0.002, "width": 0.0625},
+}
+
+
+def shared_data() -> Path:
+    """The real samples folder, ../shared/data next to the repository (or $DS2D2_SHARED_DATA)."""
+    env = os.environ.get("DS2D2_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _stage_split(items: list[str], stage: Path) -> Path:
+    """Link a split's source images and write DOTA labelTxt files for them (dota8 tiles are converted back)."""
+    from ultralytics.utils.patches import imread
+
+    from ds2d2_yolo.dataprep import DOTA_V1_CLASSES
+
+    root = shared_data()
+    (stage / "images").mkdir(parents=True, exist_ok=True)
+    (stage / "labelTxt").mkdir(parents=True, exist_ok=True)
+    for item in items:
+        if item.startswith("dota8/"):
+            split = item.split("/")[1]
+            for im in sorted((root / "dota8" / "images" / split).glob("*.jpg")):
+                h, w = imread(str(im)).shape[:2]
+                rows = []
+                for line in (root / "dota8" / "labels" / split / f"{im.stem}.txt").read_text().split("\n"):
+                    v = line.split()
+                    if len(v) == 9:
+                        xy = [float(x) * (w if i % 2 == 0 else h) for i, x in enumerate(v[1:])]
+                        rows.append(" ".join(f"{x:.1f}" for x in xy) + f" {DOTA_V1_CLASSES[int(v[0])]} 0")
+                (stage / "labelTxt" / f"{im.stem}.txt").write_text("\n".join(rows) + "\n")
+                _link(im, stage / "images" / im.name)
+        else:
+            folder, stem = item.split("/")
+            src = next((root / folder / "images").glob(f"{stem}.*"))
+            _link(src, stage / "images" / src.name)
+            _link(root / folder / "labelTxt" / f"{stem}.txt", stage / "labelTxt" / f"{stem}.txt")
+    return stage
+
+
+def _link(src: Path, dst: Path) -> None:
+    if not dst.exists():
+        dst.symlink_to(src.resolve())
+
+
+def prepare_dota_mini(out: Path, tile: int = 320, gap: int = 64) -> dict[str, Path]:
+    """Cut the real DOTA samples into tiles per split and write `report.yaml` and `tune.yaml`.
+
+    Args:
+        out (Path): Work folder (outside the repository's tracked files; the data's licence forbids committing it).
+        tile (int): Tile size in pixels (native resolution).
+        gap (int): Overlap between tiles.
+
+    Returns:
+        (dict[str, Path]): Data yamls for "report" (train + report val) and "tune" (train + tune val).
+    """
+    from ds2d2_yolo.dataprep import DOTA_V1_CLASSES, tile_dota, write_data_yaml
+
+    if not shared_data().is_dir():
+        raise FileNotFoundError(f"real track needs the DOTA samples in {shared_data()} (set DS2D2_SHARED_DATA)")
+    ds = out / "dota-mini"
+    done = ds / ".done"
+    if not done.exists():
+        for split, items in REAL_SPLITS.items():
+            stage = _stage_split(items, out / "stage" / split)
+            # Background tiles are kept only for validation: in training they add steps, not objects.
+            tile_dota(stage, ds, tile=tile, gap=gap, split=split, suffix=".png", background=split != "train")
+        done.touch()
+    names = [n.replace("-", " ") for n in DOTA_V1_CLASSES]  # the teachers' spelling
+    return {s: write_data_yaml(out / f"{s}.yaml", ds, "images/train", f"images/{s}", names) for s in ("report", "tune")}
+
+
+def prepare_synthetic(out: Path, imgsz: int = 128, seed: int = 0) -> dict[str, Any]:
+    """Generate the synthetic track and train (or reuse) its teacher.
+
+    Returns:
+        (dict): "report"/"tune" data yamls (student train split + val split) and the "teacher" checkpoint path.
+    """
+    from ultralytics import YOLO
+
+    from ds2d2_yolo.models import scaled_model_yaml
+    from ds2d2_yolo.synthetic import make_dataset
+
+    out = out / "synthetic"
+    teacher = out / "teacher" / "weights" / "best.pt"
+    student_data = make_dataset(out / "student", n_train=64, n_val=200, imgsz=imgsz, seed=seed + 1)
+    tune = make_dataset(out / "tune", n_train=64, n_val=100, imgsz=imgsz, seed=seed + 2)
+    if not teacher.exists():
+        big = make_dataset(out / "teacher-data", n_train=400, n_val=50, imgsz=imgsz, seed=seed + 3)
+        cfg = scaled_model_yaml("yolov8-obb.yaml", 0.33, 0.25, nc=3, out=out / "teacher-obb.yaml")
+        YOLO(str(cfg)).train(
+            data=str(big),
+            epochs=40,
+            imgsz=imgsz,
+            batch=16,
+            workers=0,
+            plots=False,
+            device="cpu",
+            seed=seed,
+            optimizer="AdamW",
+            lr0=0.002,
+            project=str(out),
+            name="teacher",
+            exist_ok=True,
+            verbose=False,
+        )
+    # The tune split reuses the student's training images with its own validation scenes.
+    tune_yaml = out / "tune.yaml"
+    import yaml
+
+    cfg = yaml.safe_load(Path(student_data).read_text())
+    tcfg = yaml.safe_load(Path(tune).read_text())
+    cfg["val"] = str(Path(tcfg["path"]) / tcfg["val"])
+    tune_yaml.write_text(yaml.safe_dump(cfg))
+    return {"report": Path(student_data), "tune": tune_yaml, "teacher": teacher}
+
+
+def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one (method, seed) in this process and return its measurements (child side)."""
+    from ds2d2_yolo.trainer import DS2D2Trainer
+
+    steps: list[float] = []
+    t0 = [0.0]
+    trainer = DS2D2Trainer(overrides=spec["overrides"])
+
+    def start(_):
+        t0[0] = time.perf_counter()
+
+    def end(_):
+        steps.append(time.perf_counter() - t0[0])
+
+    trainer.add_callback("on_train_batch_start", start)
+    trainer.add_callback("on_train_batch_end", end)
+    t = time.perf_counter()
+    trainer.train()
+    m = trainer.metrics
+    warm = steps[min(len(steps) - 1, 3) :]  # the first steps include lazy initialisation
+    return {
+        "method": spec["method"],
+        "seed": spec["seed"],
+        "mAP50": float(m.get("metrics/mAP50(B)", float("nan"))),
+        "mAP50-95": float(m.get("metrics/mAP50-95(B)", float("nan"))),
+        "s_per_step": statistics.median(warm) if warm else float("nan"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_s": time.perf_counter() - t,
+        "epochs": spec["overrides"]["epochs"],
+    }
+
+
+def teacher_map(teacher: Path, data: Path, imgsz: int) -> dict[str, float]:
+    """Validate the teacher on the same split and image size the students are reported on."""
+    from ultralytics import YOLO
+
+    r = YOLO(str(teacher)).val(data=str(data), imgsz=imgsz, batch=16, plots=False, device="cpu", verbose=False)
+    return {"mAP50": float(r.box.map50), "mAP50-95": float(r.box.map)}
+
+
+def run_benchmark(
+    track: str = "synthetic",
+    out: str | Path = "runs/ds2d2-benchmark",
+    seeds: int = 3,
+    epochs: int | None = None,
+    methods: str | list[str] | None = None,
+    split: str = "report",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Run the grid (skipping runs already in results.jsonl), then write the table and plot.
+
+    Args:
+        track (str): "dota" (real DOTA-mini, needs ../shared/data) or "synthetic".
+        out (str | Path): Output folder.
+        seeds (int): Seeds per method (0..seeds-1).
+        epochs (int | None): Epochs per run (default per track).
+        methods (str | list | None): Comma-separated subset of METHODS (default all).
+        split (str): "report" (held-out images) or "tune" (for choosing defaults).
+        extra (dict | None): Extra overrides for every run (e.g. DS2D2 weights while tuning).
+
+    Returns:
+        (Path): The markdown table file.
+    """
+    if track not in TRACKS:
+        raise ValueError(f"track '{track}' is unknown; choose one of {', '.join(TRACKS)}")
+    names = methods.split(",") if isinstance(methods, str) else list(methods or METHODS)
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise ValueError(f"method '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
+    cfg = TRACKS[track]
+    epochs = int(epochs or cfg["epochs"])
+    out = Path(out).resolve() / f"{track}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    from ds2d2_yolo.models import scaled_model_yaml
+
+    if track == "dota":
+        data = prepare_dota_mini(out.parent)
+        teacher = shared_data().parent / "weights" / "yolov8n-obb-dota.pt"
+        nc = 15
+    else:
+        data = prepare_synthetic(out.parent, cfg["imgsz"])
+        teacher = data["teacher"]
+        nc = 3
+    student = scaled_model_yaml("yolov8-obb.yaml", 0.33, cfg["width"], nc=nc, out=out / "student-obb.yaml")
+    results = out / "results.jsonl"
+    tfile = out / "teacher.json"
+    if not tfile.exists():
+        tfile.write_text(json.dumps(teacher_map(teacher, data[split], cfg["imgsz"])))
+    done = {(r["method"], r["seed"], r["epochs"]) for r in _read(results)}
+    for seed in range(seeds):  # seed-major order: a partial grid still compares every method on the same seeds
+        for name in names:
+            if (name, seed, epochs) in done:
+                continue
+            overrides = dict(
+                model=str(student),
+                data=str(data[split]),
+                teacher=str(teacher),
+                epochs=epochs,
+                imgsz=cfg["imgsz"],
+                batch=cfg["batch"],
+                optimizer=cfg["optimizer"],
+                lr0=cfg["lr0"],
+                seed=seed,
+                deterministic=True,
+                workers=2,
+                device="cpu",
+                plots=False,
+                val=False,
+                project=str(out / "runs"),
+                name=f"{name}-s{seed}",
+                exist_ok=True,
+                verbose=False,
+                **METHODS[name],
+                **(extra or {}),
+            )
+            spec = {"method": name, "seed": seed, "overrides": overrides}
+            print(f"[benchmark] {track}/{split} {name} seed {seed} ({epochs} epochs)", flush=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", "ds2d2_yolo.benchmark", json.dumps(spec)], capture_output=True, text=True
+            )
+            (out / "runs").mkdir(exist_ok=True)
+            (out / "runs" / f"{name}-s{seed}.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+            if proc.returncode or not lines:
+                print(f"[benchmark] {name} seed {seed} failed; see {out / 'runs' / f'{name}-s{seed}.log'}")
+                continue
+            with open(results, "a") as f:
+                f.write(lines[-1] + "\n")
+    return write_report(out, track, split)
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def _stats(v: list[float]) -> tuple[float, float]:
+    v = [x for x in v if not math.isnan(x)]
+    if not v:
+        return float("nan"), float("nan")
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def write_report(out: Path, track: str, split: str) -> Path:
+    """Rebuild `table.md` and `plot.png` from results.jsonl: mean ± std over seeds per method."""
+    rows = _read(out / "results.jsonl")
+    teacher = json.loads((out / "teacher.json").read_text()) if (out / "teacher.json").exists() else {}
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["method"], []).append(r)
+    none50 = _stats([r["mAP50"] for r in by.get("none", [])])[0]
+    lines = [
+        f"Track `{track}`, split `{split}`; teacher mAP50 {teacher.get('mAP50', float('nan')):.3f}, "
+        f"mAP50-95 {teacher.get('mAP50-95', float('nan')):.3f}.",
+        "",
+        "| method | seeds | mAP50 | mAP50-95 | gap closure (mAP50) | s/step | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = [m for m in METHODS if m in by]
+    for m in order:
+        rs = sorted(by[m], key=lambda r: r["seed"])
+        a50, s50 = _stats([r["mAP50"] for r in rs])
+        a95, s95 = _stats([r["mAP50-95"] for r in rs])
+        sp, ss = _stats([r["s_per_step"] for r in rs])
+        mem, _ = _stats([r["peak_rss_mb"] for r in rs])
+        gap = (a50 - none50) / (teacher["mAP50"] - none50) if teacher and m != "none" and none50 == none50 else None
+        lines.append(
+            f"| {m} | {','.join(str(r['seed']) for r in rs)} | {a50:.3f} ± {s50:.3f} | {a95:.3f} ± {s95:.3f} | "
+            f"{'—' if gap is None else f'{100 * gap:.1f} %'} | {sp:.3f} ± {ss:.3f} | {mem:.0f} |"
+        )
+    lines += ["", "± is the standard deviation over seeds; gap closure = (method − none) / (teacher − none) on mAP50."]
+    table = out / "table.md"
+    table.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(by, order, teacher, out / "plot.png", f"{track} / {split}")
+    return table
+
+
+def _plot(by: dict, order: list[str], teacher: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(order)), 4))
+    x = range(len(order))
+    for k, (key, off) in enumerate((("mAP50", -0.2), ("mAP50-95", 0.2))):
+        means = [_stats([r[key] for r in by[m]])[0] for m in order]
+        stds = [_stats([r[key] for r in by[m]])[1] for m in order]
+        ax.bar([i + off for i in x], means, 0.4, yerr=stds, capsize=3, label=key, color=f"C{k}")
+        if teacher:
+            ax.axhline(teacher[key], color=f"C{k}", ls="--", lw=1, label=f"teacher {key}")
+    ax.set_xticks(list(x), order, rotation=30, ha="right")
+    ax.set_ylabel("mAP")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_run_one(json.loads(sys.argv[1]))), flush=True)

@@ -199,3 +199,29 @@ def test_real_dota_teachers(teacher, tmp_path, dota8_yaml):
     row = read_results(trainer.save_dir)[-1]
     for col in DS2D2_COLS:
         assert torch.isfinite(torch.tensor(row[col])) and row[col] != 0, (col, row[col])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(imgsz=96, rect=True),  # P5 is 3x3 (odd band padding), rect batches
+        dict(imgsz=64, multi_scale=0.5, channels=1),  # random input sizes, grayscale data with an RGB teacher
+    ],
+    ids=["odd-rect", "multiscale-gray"],
+)
+def test_batches_that_must_work(case, tmp_path, tiny_models):
+    """Odd feature sizes, rect batches, multi_scale, grayscale and images without boxes all distil finitely."""
+    from ds2d2_yolo.synthetic import make_dataset
+
+    channels = case.pop("channels", 3)
+    root = tmp_path / "data"
+    data = make_dataset(root, n_train=8, n_val=4, imgsz=case["imgsz"], task="obb", seed=3, channels=channels)
+    empty = [p for p in (tmp_path / "data" / "labels" / "train").glob("*.txt") if not p.read_text().strip()]
+    assert empty, "the dataset must contain images without boxes"
+    trainer = run_training(
+        tmp_path, model=str(tiny_models["obb_student"]), data=str(data), teacher=str(tiny_models["obb_teacher"]), **case
+    )
+    assert trainer.model.student_model.yaml.get("channels", 3) == channels
+    row = read_results(trainer.save_dir)[-1]
+    for col in DS2D2_COLS:
+        assert torch.isfinite(torch.tensor(row[col])) and row[col] != 0, (col, row[col])

@@ -32,6 +32,7 @@ from ds2d2_yolo.config import DS2D2ArgError, check_args, defaults, split_overrid
 OWN_MODES = ("train", "amplifier", "demo", "benchmark", "convert", "slice", "visualize", "help", "version")
 PASS_MODES = ("val", "predict", "export", "track")
 DISTIL_TASKS = ("detect", "obb")
+HELP_FLAGS = ("-h", "--help", "-help")
 # Ultralytics' tasks: accepted positionally so pass-through modes keep Ultralytics' grammar; train and amplifier
 # check for DISTIL_TASKS themselves.
 TASKS = ("detect", "segment", "semantic", "depth", "classify", "pose", "obb")
@@ -70,6 +71,8 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "imgsz": (640, int, None),
         "wavelet": ("haar", str, None),
         "out": ("bands.png", str, None),
+        "boxes": ("auto", str, ("auto", "labels", "teacher")),
+        "conf": (0.25, float, None),
     },
     "demo": {"out": ("runs/ds2d2-demo", str, None), "epochs": (None, int, None), "seed": (0, int, None)},
     "benchmark": {
@@ -80,7 +83,7 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "methods": (None, str, None),
     },
 }
-REQUIRED_KEYS = {"convert": ("src", "dst"), "slice": ("model", "source")}
+REQUIRED_KEYS = {"convert": ("src", "dst"), "slice": ("model", "source"), "visualize": ("model", "teacher", "source")}
 
 MODE_HELP = {
     "train": "distil (or train) a detect/OBB student; every non-DS2D2 key goes to Ultralytics unchanged",
@@ -161,13 +164,14 @@ def parse(argv: list[str]) -> tuple[str | None, str, dict[str, Any], dict[str, s
     Raises:
         UsageError: On a malformed argument, an unknown word, or two modes.
     """
+    words = [a for a in argv if a not in TASKS]
+    if not words or "help" in words or any(a in HELP_FLAGS for a in argv):
+        return None, "help", {}, {}  # before importing Ultralytics, so help is instant
     from ultralytics.cfg import DEFAULT_CFG_DICT, merge_equals_args, smart_value
 
     bool_keys = {k for k, v in {**DEFAULT_CFG_DICT, **defaults()}.items() if isinstance(v, bool)}
     task, mode, kv, raw = None, None, {}, {}
     for a in merge_equals_args(list(argv)):
-        if a in {"-h", "--help", "-help"}:
-            return task, "help", {}, {}
         if "=" in a:
             k, v = a.split("=", 1)
             k = k.lstrip("-")  # Ultralytics accepts --key=value too
@@ -268,15 +272,17 @@ def _check_model(model: Any, mode: str) -> None:
         raise UsageError(f"model '{model}' is a URL; this command never downloads: download it and pass the file")
     if m.endswith(".pt"):
         if not Path(m).is_file() and not (Path(SETTINGS["weights_dir"]) / m).is_file():
-            raise UsageError(
-                f"model file '{model}' not found (nothing is downloaded); pass a local .pt, or a model yaml such as "
-                "yolov8n-obb.yaml to train from scratch"
-            )
+            hint = ", or a model yaml such as yolov8n-obb.yaml to train from scratch" if mode == "train" else ""
+            raise UsageError(f"model file '{model}' not found (nothing is downloaded); pass a local .pt{hint}")
     elif m.endswith((".yaml", ".yml")):
         from ultralytics.nn.tasks import yaml_model_load
 
-        with user_errors():
+        try:
             yaml_model_load(m)
+        except FileNotFoundError:
+            raise UsageError(
+                f"model yaml '{model}' not found; pass a file or an Ultralytics model name such as yolov8n-obb.yaml"
+            ) from None
 
 
 def _check_data(data: Any) -> None:
@@ -292,7 +298,7 @@ def _check_data(data: Any) -> None:
     try:
         check_det_dataset(str(data), autodownload=False)
     except (FileNotFoundError, SyntaxError, TypeError) as e:
-        msg = _first_line(e)
+        msg = f"data={data}: {_first_line(e)}"
         name = Path(str(data)).name
         if name in DATASET_YAMLS and str(Path(str(data)).parent) == str(CFG_DIR):
             fmt = "dota src=path/to/DOTA dst=../datasets/DOTAv1" if name == "DOTAv1.yaml" else "dior src=path/to/DIOR"
@@ -300,9 +306,10 @@ def _check_data(data: Any) -> None:
         raise UsageError(msg) from None
 
 
-def _check_file(key: str, path: Any, suffix: str = ".pt") -> None:
+def _check_file(key: str, path: Any, example: str | None = None) -> None:
+    """Fail in one line when the file given for `key` does not exist."""
     if path is not None and not Path(str(path)).is_file():
-        raise UsageError(f"{key} file '{path}' not found; pass {key}=path/to/{key}{suffix}")
+        raise UsageError(f"{key} file '{path}' not found; pass {key}={example or f'path/to/{key}.pt'}")
 
 
 def _load_cfg_file(kv: dict[str, Any]) -> dict[str, Any]:
@@ -336,7 +343,7 @@ def _distil_args(mode: str, task: str | None, kv: dict[str, Any]) -> tuple[dict[
     if mode == "train" and resume:
         # Ultralytics takes model, data and the DS2D2 state from the checkpoint being resumed.
         if isinstance(resume, str):
-            _check_file("resume", resume)
+            _check_file("resume", resume, "runs/<task>/<name>/weights/last.pt")
         _check_file("teacher", cfg["teacher"])
         return ul, mine
     if cfg["distill"] != "none" and not cfg["teacher"]:
@@ -449,6 +456,10 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
     elif mode == "demo":
         from ds2d2_yolo.demo import run_demo as fn
     else:
+        _check_model(args["model"], mode)
+        _check_file("teacher", args["teacher"])
+        if not Path(args["source"]).is_file():
+            raise UsageError(f"visualize: source image '{args['source']}' not found")
         from ds2d2_yolo.visualize import run_visualize as fn
     call: Callable[..., Any] = fn
     with user_errors():

@@ -1,0 +1,33 @@
+"""The offline demo, shrunk to seconds: every step runs, the table and plot are written, the numbers are sane."""
+
+from __future__ import annotations
+
+import math
+
+from ds2d2_yolo.demo import DISCLAIMER, run_demo
+
+
+def test_demo_tiny(tmp_path):
+    """Teacher, amplifier and both students train; demo.md/demo.png are written; a rerun reuses the teacher."""
+    kw = dict(epochs=1, imgsz=64, n_teacher=8, n_train=8, n_val=4, teacher_epochs=1, batch=8, amp_epochs=1)
+    out = tmp_path / "demo"
+    results = run_demo(out, **kw)
+
+    assert set(results) == {"teacher", "none", "ds2d2"}
+    for name, r in results.items():
+        for key in ("mAP50", "mAP50-95"):
+            assert math.isfinite(r[key]) and 0.0 <= r[key] <= 1.0, (name, key, r[key])
+        assert math.isfinite(r["train_s"]) and r["train_s"] > 0, name
+    assert (out / "teacher" / "weights" / "best.pt").is_file()
+    assert (out / "ds2d2" / "amplifier.pt").is_file() and not (out / "none" / "amplifier.pt").exists()
+
+    text = (out / "demo.md").read_text()
+    assert "| model | mAP50 | mAP50-95 | train time (s) |" in text
+    assert all(f"distill={m}" in text for m in ("none", "ds2d2")) and DISCLAIMER in text
+    png = out / "demo.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    mtime = (out / "teacher" / "weights" / "best.pt").stat().st_mtime_ns
+    again = run_demo(out, **kw)
+    assert (out / "teacher" / "weights" / "best.pt").stat().st_mtime_ns == mtime  # reused, not retrained
+    assert again["teacher"]["train_s"] == results["teacher"]["train_s"]  # the recorded time is reported again

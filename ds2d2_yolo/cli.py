@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ds2d2_yolo.cfg import CFG_DIR
-from ds2d2_yolo.config import DS2D2ArgError, check_args, defaults, split_overrides
+from ds2d2_yolo.config import DATASET_YAMLS, DS2D2ArgError, check_args, defaults, resolve_data, split_overrides
 
 OWN_MODES = ("train", "amplifier", "demo", "benchmark", "convert", "slice", "visualize", "help", "version")
 PASS_MODES = ("val", "predict", "export", "track")
@@ -36,8 +36,6 @@ HELP_FLAGS = ("-h", "--help", "-help")
 # Ultralytics' tasks: accepted positionally so pass-through modes keep Ultralytics' grammar; train and amplifier
 # check for DISTIL_TASKS themselves.
 TASKS = ("detect", "segment", "semantic", "depth", "classify", "pose", "obb")
-# Dataset yamls shipped in cfg/ that shadow Ultralytics' bundled ones of the same name.
-DATASET_YAMLS = ("DIOR.yaml", "DOTAv1.yaml")
 # BaseTrainer.build_optimizer's names (matched case-insensitively there); checked here so a typo fails before the
 # run folder is created rather than after the model is built.
 OPTIMIZERS = ("SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "auto")
@@ -234,26 +232,6 @@ def _check_ultralytics_keys(kv: dict[str, Any]) -> None:
     opt = kv.get("optimizer")
     if opt is not None and str(opt).lower() not in {o.lower() for o in OPTIMIZERS}:
         raise UsageError(f"'optimizer={opt}' is unknown; choose one of {', '.join(OPTIMIZERS)}")
-
-
-def resolve_data(data: Any) -> Any:
-    """Map the bare names DIOR(.yaml) and DOTAv1(.yaml) to this package's `cfg/` copies.
-
-    A path with a folder, or a file of that name in the working directory, is the user's own and is kept.
-
-    Args:
-        data (Any): The `data=` value.
-
-    Returns:
-        (Any): The path of our copy for a bare shipped name, else `data` unchanged.
-    """
-    if not isinstance(data, str) or not data:
-        return data
-    p = Path(data)
-    if p.parent != Path(".") or p.exists():
-        return data
-    name = data if p.suffix in {".yaml", ".yml"} else f"{data}.yaml"
-    return str(CFG_DIR / name) if name in DATASET_YAMLS and (CFG_DIR / name).is_file() else data
 
 
 def _check_model(model: Any, mode: str) -> None:

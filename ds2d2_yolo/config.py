@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,6 +26,10 @@ WEIGHT_KEYS = (
     "mgd_mask_ratio",
 )
 BOOL_KEYS = ("explicit", "implicit_full", "implicit_high")
+
+
+# Dataset yamls shipped in cfg/ that shadow Ultralytics' bundled ones of the same name.
+DATASET_YAMLS = ("DIOR.yaml", "DOTAv1.yaml")
 
 
 class DS2D2ArgError(ValueError):
@@ -120,3 +125,23 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
     for k in ("teacher", "amplifier"):
         cfg[k] = str(cfg[k]) if cfg[k] not in (None, "", "None", "none") else None
     return cfg
+
+
+def resolve_data(data: Any) -> Any:
+    """Map the bare names DIOR(.yaml) and DOTAv1(.yaml) to this package's `cfg/` copies.
+
+    A path with a folder, or a file of that name in the working directory, is the user's own and is kept.
+
+    Args:
+        data (Any): The `data=` value.
+
+    Returns:
+        (Any): The path of our copy for a bare shipped name, else `data` unchanged.
+    """
+    if not isinstance(data, str) or not data:
+        return data
+    p = Path(data)
+    if p.parent != Path(".") or p.exists():
+        return data
+    name = data if p.suffix in {".yaml", ".yml"} else f"{data}.yaml"
+    return str(CFG_DIR / name) if name in DATASET_YAMLS and (CFG_DIR / name).is_file() else data

@@ -27,7 +27,7 @@ from ultralytics.utils.torch_utils import (
 
 from ds2d2_yolo import __version__
 from ds2d2_yolo.amplifier import amplifier_from_state, atomic_save, load_amplifier, save_amplifier, train_amplifier
-from ds2d2_yolo.config import DS2D2ArgError, check_args, split_overrides
+from ds2d2_yolo.config import DS2D2ArgError, check_args, resolve_data, split_overrides
 from ds2d2_yolo.distiller import DS2D2Model
 from ds2d2_yolo.teacher import Teacher, fuse_frozen, load_teacher, read_teacher
 
@@ -106,6 +106,8 @@ class DS2D2Trainer(DetectionTrainer):
             _callbacks (dict | None): Ultralytics callbacks.
         """
         overrides, mine = split_overrides(overrides)
+        if "data" in overrides:
+            overrides["data"] = resolve_data(overrides["data"])  # our DIOR/DOTAv1 yamls, never Ultralytics' downloads
         carried = next((cb for cbs in (_callbacks or {}).values() for cb in cbs if isinstance(cb, CarriedArgs)), None)
         if carried is not None and not mine:
             mine = dict(carried.args)  # a DDP worker: the parent's DS2D2 keys arrive through the pickled callbacks

@@ -232,7 +232,7 @@ def plot_demo(results: dict[str, dict[str, Any]], ds2d2_epochs: list[dict[str, f
     matplotlib.use("Agg")  # files only; also keeps the demo working without a display
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
     names = list(results)
     x = range(len(names))
     for k, (key, off) in enumerate((("mAP50", -0.2), ("mAP50-95", 0.2))):
@@ -253,9 +253,23 @@ def plot_demo(results: dict[str, dict[str, Any]], ds2d2_epochs: list[dict[str, f
             ax2.plot(epochs, vals, marker="o", ms=3, label=name)
             drawn = True
     if drawn:
+        # The student's own detection loss on a second axis: the terms only matter relative to it.
+        det = [sum(r.get(f"train/{k}_loss", 0.0) for k in ("box", "cls", "dfl", "angle")) for r in ds2d2_epochs]
+        ax3 = ax2.twinx()
+        ax3.plot(epochs, det, color="0.5", ls="--", lw=1, label="detection (box+cls+dfl+angle)")
+        ax3.set_ylabel("detection loss", color="0.4")
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("weighted loss term")
-        ax2.legend(fontsize=8)
+        lines = ax2.get_legend_handles_labels()
+        extra = ax3.get_legend_handles_labels()
+        ax2.legend(
+            lines[0] + extra[0],
+            lines[1] + extra[1],
+            fontsize=7,
+            ncol=3,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.14),
+        )
     else:
         ax2.text(0.5, 0.5, "no DS2D2 loss columns in results.csv", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_title("DS2D2 terms per epoch (distill=ds2d2)")

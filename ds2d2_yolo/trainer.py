@@ -149,6 +149,13 @@ class DS2D2Trainer(DetectionTrainer):
         if self.ds2d2["distill"] not in FEATURE_METHODS:
             return
         self.teacher = load_teacher(self.ds2d2["teacher"], self.args.task, self.data["names"], model=teacher_model)
+        saved_fp = (self._resume_state or {}).get("teacher_fingerprint")
+        if saved_fp and saved_fp != self.teacher.fingerprint:
+            # A moved teacher may be passed on resume, a different one may not: the adapters were fitted to it.
+            raise DS2D2ArgError(
+                f"teacher '{self.ds2d2['teacher']}' is not the teacher this run was distilled from (fingerprint "
+                "mismatch); resume with the original teacher= file or start a new run"
+            )
         if self._resume_state and self._resume_state.get("amplifier"):
             self._amplifier = amplifier_from_state(
                 self.teacher.head, self._resume_state["amplifier"], self.teacher.fingerprint, self.ds2d2, "last.pt"

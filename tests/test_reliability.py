@@ -35,6 +35,7 @@ from ds2d2_yolo.amplifier import atomic_save, freeze, save_amplifier
 from ds2d2_yolo.config import DS2D2ArgError, check_args
 from ds2d2_yolo.distiller import DS2D2Model
 from ds2d2_yolo.hooks import detection_head
+from ds2d2_yolo.synthetic import CLASSES
 from ds2d2_yolo.teacher import fingerprint
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
@@ -250,11 +251,14 @@ def test_class_order_is_mapped_and_trains(tmp_path, tiny_models, synth_obb):
     """Same classes in another order: the teacher's scores are read through an explicit class map, and it trains."""
     names = {0: "Plane", 1: "vehicle", 2: "SHIP"}  # case differs too: names match after normalisation
     teacher = save_checkpoint(teacher_model(tiny_models), tmp_path / "teacher-perm.pt", names, "obb")
-    trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, **obb_kw(tiny_models, synth_obb, teacher=str(teacher))))
-    assert trainer.teacher.class_map.tolist() == [1, 2, 0]  # data (vehicle, ship, plane) -> teacher index
     with ultralytics_log() as log:
+        trainer = DS2D2Trainer(
+            overrides=train_overrides(tmp_path, **obb_kw(tiny_models, synth_obb, teacher=str(teacher)))
+        )
         trainer.train()
+    assert trainer.teacher.class_map.tolist() == [1, 2, 0]  # data (vehicle, ship, plane) -> teacher index
     assert trainer.model.class_map.tolist() == [1, 2, 0]
+    assert any("mapping data->teacher classes 0->1, 1->2, 2->0" in m for m in log)
     row = read_results(trainer.save_dir)[-1]
     assert all(math.isfinite(row[c]) and row[c] != 0 for c in DS2D2_COLS), row
     assert not any("non-finite" in m for m in log)
@@ -293,7 +297,7 @@ def test_corrupt_empty_and_missing_labels_train(tmp_path, tiny_models, synth_obb
     trainer.train()
     ds = trainer.train_loader.dataset
     assert len(ds.labels) == len(labels) - 1  # only the corrupt one is dropped
-    assert sum(len(lb["cls"]) == 0 for lb in ds.labels) >= 3  # the emptied, the missing and the generated empty
+    assert sum(len(lb["cls"]) == 0 for lb in ds.labels) == 3  # the emptied, the missing and the generated empty
     row = read_results(trainer.save_dir)[-1]
     assert all(math.isfinite(row[c]) for c in DS2D2_COLS), row
 
@@ -302,7 +306,6 @@ MEMORY_SCRIPT = """
 import json, resource, sys
 from copy import deepcopy
 import torch
-from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import OBBModel, load_checkpoint
 from ds2d2_yolo.amplifier import freeze
 from ds2d2_yolo.config import check_args
@@ -461,7 +464,8 @@ def wait_for(progress: Path, text: str, proc: subprocess.Popen, log: Path, timeo
 
 def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_models, synth_obb):
     """SIGKILL in the middle of the second epoch loses only that epoch: last.pt is the complete, unstripped
-    checkpoint of epoch 1 (index 0), and resume continues from epoch 2 with the saved adapters and amplifier."""
+    checkpoint of epoch 1 (index 0), and resume continues from epoch 2 with the saved adapters and amplifier (and
+    refuses a different teacher)."""
     overrides = train_overrides(tmp_path, epochs=2, **obb_kw(tiny_models, synth_obb))
     progress, log = tmp_path / "progress", tmp_path / "child.log"
     with open(log, "w") as out:
@@ -484,6 +488,16 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_models, synth_obb):
     assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None  # epoch 0 finished, epoch 1 lost
     state = ckpt["ds2d2"]
     assert state["amplifier"] is not None and state["connectors"] and all_finite(ckpt["ema"].state_dict())
+
+    # Another teacher (same classes, other weights) is refused on resume: the adapters were fitted to the first.
+    from ultralytics.nn.tasks import OBBModel
+
+    torch.manual_seed(2)
+    other = OBBModel(str(tiny_yaml(tmp_path, "yolov8-obb.yaml", 0.125)), nc=3, verbose=False)
+    other_pt = save_checkpoint(other, tmp_path / "other-teacher.pt", dict(enumerate(CLASSES)), "obb")
+    with pytest.raises(DS2D2ArgError, match="not the teacher this run was distilled from"):
+        DS2D2Trainer(overrides=dict(resume=str(last), teacher=str(other_pt)))
+    assert last.is_file()  # a refused resume leaves the run alone
 
     resumed = DS2D2Trainer(overrides=dict(resume=str(last)))
     seen = {}
@@ -700,7 +714,7 @@ def _ddp_worker(rank: int, world: int, port: int, student_yaml: str, teacher_pt:
                 "initial": initial,
                 "gathered": gathered,
                 "items": {k: float(v) for k, v in items.items()},
-                "n_params": (n_student, sum(1 for _ in model.parameters())),
+                "n_params": (n_student, sum(1 for _ in model.adapters.parameters()), sum(1 for _ in ddp.parameters())),
             },
             Path(out_dir) / f"rank{rank}.pt",
         )
@@ -719,8 +733,8 @@ def test_ddp_gloo_two_ranks_stay_in_sync(tmp_path, tiny_models):
     args = (2, port, str(tiny_models["obb_student"]), str(tiny_models["obb_teacher"]), str(tmp_path))
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    n_student, n_total = r0["n_params"]
-    assert n_total > n_student  # adapters are trained alongside the student
+    n_student, n_adapters, n_ddp = r0["n_params"]
+    assert n_adapters > 0 and n_ddp == n_student + n_adapters  # adapters train with the student; teacher stays out
     assert torch.equal(r0["initial"], r1["initial"])  # DDP broadcast rank 0's weights over rank 1's own init
     assert torch.equal(r0["gathered"][0], r0["gathered"][1]) and torch.equal(r1["gathered"][0], r0["gathered"][0])
     assert not torch.equal(r0["gathered"][0], r0["initial"])

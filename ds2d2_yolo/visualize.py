@@ -204,6 +204,14 @@ def _short(label_file: Path) -> str:
     return label_file.name
 
 
+def _label(weights: str | Path | nn.Module) -> str:
+    """A short name for titles: a module's yaml, a file name, or `run/best.pt` for Ultralytics run weights."""
+    if isinstance(weights, nn.Module):
+        return str(getattr(weights, "yaml", {}).get("yaml_file", type(weights).__name__))
+    p = Path(str(weights))
+    return f"{p.parent.parent.name}/{p.name}" if p.name in {"best.pt", "last.pt"} else p.name
+
+
 def _rms(band: torch.Tensor) -> np.ndarray:
     """Root mean square over every axis but the last two: (1, C, h, w) or (1, C, 3, h, w) -> (h, w)."""
     return band[0].float().pow(2).flatten(0, -3).mean(0).sqrt().cpu().numpy()
@@ -442,10 +450,12 @@ def run_visualize(
             xywhr = predict_boxes(t_model, img, conf=conf)
             note = f"{len(xywhr)} teacher predictions (conf >= {conf})"
     levels = band_maps(s_model, t_model, img, xywhr, wavelet=wavelet)
-    names = [getattr(m, "yaml", {}).get("yaml_file", "") if isinstance(m, nn.Module) else Path(str(m)).name
-             for m in (model, teacher)]  # fmt: skip
+    names = [_label(m) for m in (model, teacher)]
     title = f"{source.name} at {size}x{size}, wavelet {wavelet}: student {names[0]} vs teacher {names[1]}"
     plot_levels(rgb, xywhr, levels, note, out, title)
+    from ultralytics.utils import LOGGER
+
+    LOGGER.info(f"DS2D2 bands of {len(levels)} levels ({note}) saved to {out}")
     return out
 
 

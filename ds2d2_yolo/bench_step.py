@@ -31,12 +31,13 @@ def _batches(data: str, imgsz: int, batch: int, n: int) -> list[dict]:
     args = get_cfg(overrides=dict(imgsz=imgsz, task="obb"))
     d = check_det_dataset(data)
     ds = build_yolo_dataset(args, d["train"], batch, d, mode="train", stride=32)
-    out = []
-    for b in build_dataloader(ds, batch, 0, shuffle=False):
-        b["img"] = b["img"].float() / 255
-        out.append(b)
-        if len(out) == n:
-            break
+    out: list[dict] = []
+    while len(out) < n:  # cycle over a small split
+        for b in build_dataloader(ds, batch, 0, shuffle=False):
+            b["img"] = b["img"].float() / 255
+            out.append(b)
+            if len(out) == n:
+                break
     return out
 
 

@@ -297,8 +297,8 @@ class DS2D2Trainer(DetectionTrainer):
             "license": "AGPL-3.0 (https://ultralytics.com/license)",
             "docs": "https://docs.ultralytics.com",
         }
-        if wrapped:
-            ckpt["ds2d2"] = self._ds2d2_state(ema_model)
+        # Every run records its DS2D2 arguments, so resume knows the method even for distill=none/native.
+        ckpt["ds2d2"] = self._ds2d2_state(ema_model) if wrapped else {"version": __version__, "args": dict(self.ds2d2)}
         self.wdir.mkdir(parents=True, exist_ok=True)
         atomic_save(ckpt, self.last)
         if self.best_fitness == self.fitness:

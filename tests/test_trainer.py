@@ -225,3 +225,27 @@ def test_batches_that_must_work(case, tmp_path, tiny_models):
     row = read_results(trainer.save_dir)[-1]
     for col in DS2D2_COLS:
         assert torch.isfinite(torch.tensor(row[col])) and row[col] != 0, (col, row[col])
+
+
+def test_resume_distill_none(tmp_path, tiny_models, synth_obb):
+    """A distill=none run records its method, so resume=last.pt continues it without asking for a teacher."""
+
+    class Crash(Exception):
+        pass
+
+    trainer = DS2D2Trainer(
+        overrides=train_overrides(tmp_path, model=str(tiny_models["obb_student"]), data=str(synth_obb), distill="none")
+        | {"epochs": 2}
+    )
+
+    def crash(tr):
+        raise Crash
+
+    trainer.add_callback("on_fit_epoch_end", crash)
+    with pytest.raises(Crash):
+        trainer.train()
+    assert torch.load(trainer.last, weights_only=False)["ds2d2"]["args"]["distill"] == "none"
+    resumed = DS2D2Trainer(overrides=dict(resume=str(trainer.last)))
+    assert resumed.ds2d2["distill"] == "none" and resumed.teacher is None
+    resumed.train()
+    assert [int(r["epoch"]) for r in read_results(resumed.save_dir)] == [1, 2]

@@ -126,19 +126,21 @@ def freeze(head: nn.Module) -> nn.Module:
     return head
 
 
+def amplifier_state(head: nn.Module, fingerprint: str, cfg: dict, epochs: int) -> dict[str, Any]:
+    """The amplifier as plain tensors plus what it must match (teacher fingerprint, wavelet), for files and last.pt."""
+    return {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "teacher_fingerprint": fingerprint,
+        "wavelet": cfg["wavelet"],
+        "wave_mode": cfg["wave_mode"],
+        "epochs": int(epochs),
+    }
+
+
 def save_amplifier(head: nn.Module, path: str | Path, fingerprint: str, cfg: dict, epochs: int) -> Path:
-    """Write an amplifier file: the head's state_dict plus what it must match (teacher fingerprint, wavelet)."""
-    atomic_save(
-        {
-            "format": FORMAT,
-            "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-            "teacher_fingerprint": fingerprint,
-            "wavelet": cfg["wavelet"],
-            "wave_mode": cfg["wave_mode"],
-            "epochs": int(epochs),
-        },
-        path,
-    )
+    """Write an amplifier file (`amplifier_state`), readable by `load_amplifier`."""
+    atomic_save(amplifier_state(head, fingerprint, cfg, epochs), path)
     return Path(path)
 
 

@@ -26,7 +26,14 @@ from ultralytics.utils.torch_utils import (
 )
 
 from ds2d2_yolo import __version__
-from ds2d2_yolo.amplifier import amplifier_from_state, atomic_save, load_amplifier, save_amplifier, train_amplifier
+from ds2d2_yolo.amplifier import (
+    amplifier_from_state,
+    amplifier_state,
+    atomic_save,
+    load_amplifier,
+    save_amplifier,
+    train_amplifier,
+)
 from ds2d2_yolo.config import DS2D2ArgError, check_args, resolve_data, split_overrides
 from ds2d2_yolo.distiller import DS2D2Model
 from ds2d2_yolo.teacher import Teacher, fuse_frozen, load_teacher, read_teacher
@@ -249,14 +256,7 @@ class DS2D2Trainer(DetectionTrainer):
             "connectors": {k: v.detach().cpu().clone() for k, v in ema.connector_state().items()},
             "amplifier": None
             if amp is None
-            else {
-                "format": "ds2d2-amplifier/1",
-                "state_dict": {k: v.detach().cpu().clone() for k, v in amp.state_dict().items()},
-                "teacher_fingerprint": self.teacher.fingerprint,
-                "wavelet": self.ds2d2["wavelet"],
-                "wave_mode": self.ds2d2["wave_mode"],
-                "epochs": self.ds2d2["amp_epochs"],
-            },
+            else amplifier_state(amp, self.teacher.fingerprint, self.ds2d2, self.ds2d2["amp_epochs"]),
         }
 
     def save_model(self):

@@ -145,12 +145,21 @@ def prepare_synthetic(out: Path, imgsz: int = 128, seed: int = 0) -> dict[str, A
     from ds2d2_yolo.models import scaled_model_yaml
     from ds2d2_yolo.synthetic import make_dataset
 
+    def dataset(root: Path, **kw: Any) -> Path:
+        # Regenerating replaces the files in place, which would pull them from under a concurrent run of the grid.
+        mark = root / ".generated.json"
+        if mark.exists() and json.loads(mark.read_text()) == kw and (root / "data.yaml").exists():
+            return root / "data.yaml"
+        path = make_dataset(root, **kw)
+        mark.write_text(json.dumps(kw))
+        return path
+
     out = out / "synthetic"
     teacher = out / "teacher" / "weights" / "best.pt"
-    student_data = make_dataset(out / "student", n_train=64, n_val=200, imgsz=imgsz, seed=seed + 1)
-    tune = make_dataset(out / "tune", n_train=64, n_val=100, imgsz=imgsz, seed=seed + 2)
+    student_data = dataset(out / "student", n_train=64, n_val=200, imgsz=imgsz, seed=seed + 1)
+    tune = dataset(out / "tune", n_train=64, n_val=100, imgsz=imgsz, seed=seed + 2)
     if not teacher.exists():
-        big = make_dataset(out / "teacher-data", n_train=400, n_val=50, imgsz=imgsz, seed=seed + 3)
+        big = dataset(out / "teacher-data", n_train=400, n_val=50, imgsz=imgsz, seed=seed + 3)
         cfg = scaled_model_yaml("yolov8-obb.yaml", 0.33, 0.25, nc=3, out=out / "teacher-obb.yaml")
         YOLO(str(cfg)).train(
             data=str(big),
@@ -224,22 +233,24 @@ def teacher_map(teacher: Path, data: Path, imgsz: int, project: Path) -> dict[st
 def run_benchmark(
     track: str = "synthetic",
     out: str | Path = "runs/ds2d2-benchmark",
-    seeds: int = 3,
+    seeds: int | list[int] = 3,
     epochs: int | None = None,
     methods: str | list[str] | None = None,
     split: str = "report",
     extra: dict[str, Any] | None = None,
+    tag: str = "",
 ) -> Path:
     """Run the grid (skipping runs already in results.jsonl), then write the table and plot.
 
     Args:
         track (str): "dota" (real DOTA-mini, needs ../shared/data) or "synthetic".
         out (str | Path): Output folder.
-        seeds (int): Seeds per method (0..seeds-1).
+        seeds (int | list[int]): Seeds per method: a count (0..seeds-1) or the seeds themselves.
         epochs (int | None): Epochs per run (default per track).
         methods (str | list | None): Comma-separated subset of METHODS (default all).
         split (str): "report" (held-out images) or "tune" (for choosing defaults).
         extra (dict | None): Extra overrides for every run (e.g. DS2D2 weights while tuning).
+        tag (str): Suffix of the results folder, so each tuning configuration keeps its own records.
 
     Returns:
         (Path): The markdown table file.
@@ -252,7 +263,7 @@ def run_benchmark(
         raise ValueError(f"method '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
     cfg = TRACKS[track]
     epochs = int(epochs or cfg["epochs"])
-    out = Path(out).resolve() / f"{track}-{split}"
+    out = Path(out).resolve() / (f"{track}-{split}-{tag}" if tag else f"{track}-{split}")
     out.mkdir(parents=True, exist_ok=True)
     from ds2d2_yolo.models import scaled_model_yaml
 
@@ -270,7 +281,8 @@ def run_benchmark(
     if not tfile.exists():
         tfile.write_text(json.dumps(teacher_map(teacher, data[split], cfg["imgsz"], out / "runs")))
     done = {(r["method"], r["seed"], r["epochs"]) for r in _read(results)}
-    for seed in range(seeds):  # seed-major order: a partial grid still compares every method on the same seeds
+    # Seed-major order: a partial grid still compares every method on the same seeds.
+    for seed in range(seeds) if isinstance(seeds, int) else seeds:
         for name in names:
             if (name, seed, epochs) in done:
                 continue
@@ -346,7 +358,8 @@ def write_report(out: Path, track: str, split: str) -> Path:
         a95, s95 = _stats([r["mAP50-95"] for r in rs])
         sp, ss = _stats([r["s_per_step"] for r in rs])
         mem, _ = _stats([r["peak_rss_mb"] for r in rs])
-        gap = (a50 - none50) / (teacher["mAP50"] - none50) if teacher and m != "none" and none50 == none50 else None
+        span = teacher.get("mAP50", float("nan")) - none50
+        gap = (a50 - none50) / span if m != "none" and span == span and span != 0 else None  # undefined: no gap
         lines.append(
             f"| {m} | {','.join(str(r['seed']) for r in rs)} | {a50:.3f} ± {s50:.3f} | {a95:.3f} ± {s95:.3f} | "
             f"{'—' if gap is None else f'{100 * gap:.1f} %'} | {sp:.3f} ± {ss:.3f} | {mem:.0f} |"

@@ -1,0 +1,95 @@
+"""Benchmark harness: the table's statistics against an independent computation, resumable grids, tuning folders."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import cv2
+import numpy as np
+import pytest
+
+from ds2d2_yolo import benchmark
+
+
+def _record(method: str, seed: int, m50: float, m95: float, step: float = 1.0, rss: float = 100.0) -> dict:
+    return {"method": method, "seed": seed, "mAP50": m50, "mAP50-95": m95, "s_per_step": step, "peak_rss_mb": rss}
+
+
+def _row(table: str, method: str) -> list[str]:
+    line = next(x for x in table.splitlines() if x.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_write_report_statistics(tmp_path):
+    """Means, sample std over seeds and gap closure agree with numpy; methods keep METHODS order; PNG is written."""
+    none, ds = [0.20, 0.30, 0.25], [0.40, 0.38, 0.45]
+    rows = [_record("ds2d2", s, v, v / 2, step=2.0 + s) for s, v in enumerate(ds)]
+    rows += [_record("none", s, v, v / 3) for s, v in enumerate(none)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "teacher.json").write_text(json.dumps({"mAP50": 0.8, "mAP50-95": 0.5}))
+    table = benchmark.write_report(tmp_path, "synthetic", "report").read_text()
+
+    assert table.index("| none |") < table.index("| ds2d2 |")
+    r = _row(table, "ds2d2")
+    assert r[1] == "0,1,2"
+    assert r[2] == f"{np.mean(ds):.3f} ± {np.std(ds, ddof=1):.3f}"
+    assert r[3] == f"{np.mean(ds) / 2:.3f} ± {np.std(np.array(ds) / 2, ddof=1):.3f}"
+    gap = (np.mean(ds) - np.mean(none)) / (0.8 - np.mean(none))
+    assert r[4] == f"{100 * gap:.1f} %"
+    assert r[5] == f"{3.0:.3f} ± {1.0:.3f}"
+    assert _row(table, "none")[4] == "—"
+    img = cv2.imread(str(tmp_path / "plot.png"))
+    assert img is not None and img.shape[0] > 100
+
+
+def test_write_report_ignores_nan_runs(tmp_path):
+    """A run whose metric is NaN does not poison the mean of the others."""
+    rows = [_record("none", 0, 0.2, 0.1), _record("none", 1, float("nan"), float("nan")), _record("none", 2, 0.4, 0.2)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = benchmark.write_report(tmp_path, "dota", "tune").read_text()
+    assert _row(table, "none")[2] == f"0.300 ± {statistics.stdev([0.2, 0.4]):.3f}"
+
+
+def test_run_benchmark_rejects_bad_input_first(tmp_path):
+    with pytest.raises(ValueError, match="method 'bogus' is unknown"):
+        benchmark.run_benchmark("synthetic", tmp_path, methods="none,bogus")
+    with pytest.raises(ValueError, match="track 'coco' is unknown"):
+        benchmark.run_benchmark("coco", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_run_benchmark_grid_resumes_and_tags(tmp_path, monkeypatch, synth_obb, tiny_models):
+    """Real child runs write one record each, into the tagged tuning folder; a rerun trains nothing new."""
+    monkeypatch.setitem(
+        benchmark.TRACKS,
+        "synthetic",
+        {"imgsz": 64, "batch": 4, "epochs": 1, "optimizer": "AdamW", "lr0": 0.005, "width": 0.0625, "mosaic": 0.0},
+    )
+    monkeypatch.setattr(
+        benchmark,
+        "prepare_synthetic",
+        lambda out, imgsz: {"report": synth_obb, "tune": synth_obb, "teacher": tiny_models["obb_teacher"]},
+    )
+    kw = dict(seeds=[7], methods="none,ds2d2", split="tune", extra={"amp_epochs": 1}, tag="trial")
+    table = benchmark.run_benchmark("synthetic", tmp_path, **kw).read_text()
+    folder = tmp_path / "synthetic-tune-trial"
+    recs = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["seed"], r["epochs"]) for r in recs] == [("none", 7, 1), ("ds2d2", 7, 1)]
+    assert all(np.isfinite(r["mAP50"]) and r["s_per_step"] > 0 and r["peak_rss_mb"] > 0 for r in recs)
+    assert (folder / "runs" / "ds2d2-s7" / "amplifier.pt").exists()  # the DS2D2 run really distilled
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", no_training)
+    assert benchmark.run_benchmark("synthetic", tmp_path, **kw).read_text() == table
+
+
+def test_write_report_gap_undefined_when_teacher_equals_none(tmp_path):
+    """No gap to close (teacher no better than none) prints a dash instead of dividing by zero."""
+    rows = [_record("none", 0, 0.0, 0.0), _record("ds2d2", 0, 0.0, 0.0)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "teacher.json").write_text(json.dumps({"mAP50": 0.0, "mAP50-95": 0.0}))
+    assert _row(benchmark.write_report(tmp_path, "synthetic", "tune").read_text(), "ds2d2")[4] == "—"

@@ -97,9 +97,7 @@ class DS2D2Model(nn.Module):
             )
         s_ch, t_ch = self._level_channels(student_model), self._level_channels(teacher_model)
         self.adapters = nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch))
-        self.generators = nn.ModuleList(
-            MGDGenerator(ct, cfg["mgd_mask_ratio"]) for ct in t_ch if self.method == "mgd"
-        )
+        self.generators = nn.ModuleList(MGDGenerator(ct, cfg["mgd_mask_ratio"]) for ct in t_ch if self.method == "mgd")
         self.dwt = DWT2d(cfg["wavelet"], cfg["wave_mode"])
         task = "obb" if s_head.__class__.__name__.startswith("OBB") else "detect"
         self.disw_mode = {"auto": "obb" if task == "obb" else "hbb"}.get(cfg["disw"], cfg["disw"])

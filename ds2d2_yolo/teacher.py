@@ -194,5 +194,6 @@ def load_teacher(
         LOGGER.info(f"DS2D2: teacher class order differs from the data; mapping data->teacher classes {pairs}")
     fp = fingerprint(model)
     template = copy.deepcopy(detection_head(model))
-    return Teacher(model=fuse_frozen(model), path=str(Path(path).resolve()), class_map=class_map, fingerprint=fp,
-                   head=template)
+    return Teacher(
+        model=fuse_frozen(model), path=str(Path(path).resolve()), class_map=class_map, fingerprint=fp, head=template
+    )

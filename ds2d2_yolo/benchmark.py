@@ -190,6 +190,8 @@ def prepare_synthetic(out: Path, imgsz: int = 128, seed: int = 0) -> dict[str, A
 
 def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one (method, seed) in this process and return its measurements (child side)."""
+    import torch
+
     from ds2d2_yolo.trainer import DS2D2Trainer
 
     steps: list[float] = []
@@ -217,6 +219,7 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "train_s": time.perf_counter() - t,
         "epochs": spec["overrides"]["epochs"],
+        "threads": torch.get_num_threads(),  # timings depend on it, and so can float summation order
     }
 
 

@@ -40,6 +40,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "beta2": ("ds2d2", {"beta": 2.0}),
     "disw-hbb": ("ds2d2", {"disw": "hbb"}),
     "amp10": ("ds2d2", {"amp_epochs": 10}),
+    "x3-beta2": ("ds2d2", scaled(3, beta=2.0)),
 }
 
 

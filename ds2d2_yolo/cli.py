@@ -79,6 +79,8 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "seeds": (3, int, None),
         "epochs": (None, int, None),
         "methods": (None, str, None),
+        "split": ("report", str, ("report", "tune")),
+        "tag": ("", str, None),
     },
 }
 REQUIRED_KEYS = {"convert": ("src", "dst"), "slice": ("model", "source"), "visualize": ("model", "teacher", "source")}

@@ -93,3 +93,26 @@ def test_write_report_gap_undefined_when_teacher_equals_none(tmp_path):
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "teacher.json").write_text(json.dumps({"mAP50": 0.0, "mAP50-95": 0.0}))
     assert _row(benchmark.write_report(tmp_path, "synthetic", "tune").read_text(), "ds2d2")[4] == "—"
+
+
+def test_tuning_summary_pairs_seeds(tmp_path):
+    """The sweep table pairs each configuration with `none` seed by seed and only over seeds both have."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tune_defaults", REPO / "examples" / "tune_defaults.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = {"none": {3: 0.30, 4: 0.40}, "x3": {3: 0.35, 4: 0.38, 5: 0.50}}
+    for name, by_seed in runs.items():
+        folder = tmp_path / f"synthetic-tune-{name}"
+        folder.mkdir()
+        lines = [json.dumps(_record(name, s, v, v / 2)) for s, v in by_seed.items()]
+        (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    table = mod.summary(tmp_path, "synthetic", list(mod.CONFIGS))
+    row = _row(table, "x3")
+    assert row[1] == "3,4,5"
+    assert row[2] == f"{np.mean([0.35, 0.38, 0.50]):.3f} ± {np.std([0.35, 0.38, 0.50], ddof=1):.3f}"
+    assert row[4] == "+0.050, -0.020"
+    assert "| default |" not in table  # configurations without runs are left out

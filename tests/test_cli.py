@@ -22,7 +22,7 @@ from ds2d2_yolo.cfg import CFG_DIR
 from ds2d2_yolo.cli import UsageError, entrypoint, resolve_data, usage, user_errors
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
-EXAMPLES = ("distill_dota_obb.py", "distill_dior_detect.py", "export_onnx.py", "compare_methods.py")
+EXAMPLES = ("distill_dota_obb.py", "distill_dior_detect.py", "export_onnx.py", "compare_methods.py", "tune_defaults.py")
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -195,6 +195,8 @@ def _mistakes(m: dict[str, Path], data: Path, project: Path) -> list[tuple[list[
         (["convert", "src=.", "dst=out", "size=3"], ("'size'", "format, src, dst")),
         (["convert", "src=."], ("dst=",)),
         (["convert", "src=no_such_dir", "dst=out"], ("no_such_dir", "not found")),
+        (["benchmark", "split=val"], ("split=val", "report, tune")),
+        (["benchmark", "methods=none,kd"], ("'kd' is unknown", "ds2d2")),
     ]
 
 

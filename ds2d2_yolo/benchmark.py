@@ -283,7 +283,7 @@ def run_benchmark(
     tfile = out / "teacher.json"
     if not tfile.exists():
         tfile.write_text(json.dumps(teacher_map(teacher, data[split], cfg["imgsz"], out / "runs")))
-    done = {(r["method"], r["seed"], r["epochs"]) for r in _read(results)}
+    done = {(r["method"], r["seed"], r["epochs"]) for r in read_results(results)}
     # Seed-major order: a partial grid still compares every method on the same seeds.
     for seed in range(seeds) if isinstance(seeds, int) else seeds:
         for name in names:
@@ -328,7 +328,8 @@ def run_benchmark(
     return write_report(out, track, split)
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The run records of a results.jsonl file, in the order they finished (none when it does not exist)."""
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
@@ -341,7 +342,7 @@ def _stats(v: list[float]) -> tuple[float, float]:
 
 def write_report(out: Path, track: str, split: str) -> Path:
     """Rebuild `table.md` and `plot.png` from results.jsonl: mean ± std over seeds per method."""
-    rows = _read(out / "results.jsonl")
+    rows = read_results(out / "results.jsonl")
     teacher = json.loads((out / "teacher.json").read_text()) if (out / "teacher.json").exists() else {}
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -362,7 +363,7 @@ def write_report(out: Path, track: str, split: str) -> Path:
         sp, ss = _stats([r["s_per_step"] for r in rs])
         mem, _ = _stats([r["peak_rss_mb"] for r in rs])
         span = teacher.get("mAP50", float("nan")) - none50
-        gap = (a50 - none50) / span if m != "none" and span == span and span != 0 else None  # undefined: no gap
+        gap = (a50 - none50) / span if m != "none" and math.isfinite(span) and span != 0 else None  # else undefined
         lines.append(
             f"| {m} | {','.join(str(r['seed']) for r in rs)} | {a50:.3f} ± {s50:.3f} | {a95:.3f} ± {s95:.3f} | "
             f"{'—' if gap is None else f'{100 * gap:.1f} %'} | {sp:.3f} ± {ss:.3f} | {mem:.0f} |"

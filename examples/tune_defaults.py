@@ -14,11 +14,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from ds2d2_yolo.benchmark import run_benchmark
+from ds2d2_yolo.benchmark import read_results, run_benchmark
 
 # cfg/ds2d2.yaml weights before tuning (magnitude-balanced): exl 0.1, exh 0.2, imf 0.25, imh 0.1.
 BASE = {"lambda_exl": 0.1, "lambda_exh": 0.2, "lambda_imf": 0.25, "lambda_imh": 0.1}
@@ -48,8 +47,7 @@ def summary(out: Path, track: str, names: list[str]) -> str:
     """Markdown table: mean mAP50 / mAP50-95 per configuration and the per-seed mAP50 difference to `none`."""
     rows = {}
     for name in names:
-        f = out / f"{track}-tune-{name}" / "results.jsonl"
-        rows[name] = {r["seed"]: r for r in map(json.loads, f.read_text().splitlines())} if f.exists() else {}
+        rows[name] = {r["seed"]: r for r in read_results(out / f"{track}-tune-{name}" / "results.jsonl")}
     base = rows.get("none", {})
     lines = ["| config | seeds | mAP50 | mAP50-95 | mAP50 − none, per seed |", "|---|---|---|---|---|"]
     for name, runs in rows.items():

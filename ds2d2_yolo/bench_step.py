@@ -6,6 +6,9 @@ per method in child processes (one method each, run alternately): the peak-RSS m
 batches are built, so the figure is the peak while training steps run.
 
     python -m ds2d2_yolo.bench_step --data runs/bench/report.yaml --teacher ../shared/weights/yolov8n-obb-dota.pt
+
+`--methods` adds the benchmark's other methods (cwd, mgd, the DS2D2 ablations) as rows, which shows what each
+DS2D2 stream costs: `ds2d2-explicit` runs no head passes, `ds2d2-implicit` no DWT losses.
 """
 
 from __future__ import annotations
@@ -41,12 +44,26 @@ def _batches(data: str, imgsz: int, batch: int, n: int) -> list[dict]:
     return out
 
 
+def check_methods(methods: str) -> list[str]:
+    """Split a comma-separated method list and check it names benchmark methods, native among them."""
+    from ds2d2_yolo.benchmark import METHODS
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise ValueError(f"method '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
+    if "native" not in names:
+        raise ValueError(f"--methods {methods} lacks 'native', the reference every ratio is taken against; add it")
+    return list(dict.fromkeys(names))
+
+
 def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> torch.nn.Module:
-    """A training-mode wrapper for `method` ("ds2d2", "native" or "none") around a seeded student."""
+    """A training-mode wrapper for a benchmark method ("native", "none", "cwd", "ds2d2", ...) around a seeded student."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.distill_model import DistillationModel
     from ultralytics.nn.tasks import OBBModel
 
+    from ds2d2_yolo.benchmark import METHODS
     from ds2d2_yolo.config import check_args
     from ds2d2_yolo.distiller import DS2D2Model
     from ds2d2_yolo.hooks import detection_head
@@ -60,10 +77,13 @@ def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> 
     t = load_teacher(teacher, "obb", getattr(torch.load(teacher, weights_only=False)["model"], "names", {}))
     if method == "native":
         return DistillationModel(teacher_model=t.model, student_model=student).train()
-    amp = deepcopy(detection_head(t.model)).eval()  # an amplifier costs the same trained or not
-    for p in amp.parameters():
-        p.requires_grad_(False)
-    return DS2D2Model(student, t.model, check_args({}), amplifier=amp).train()
+    cfg = check_args(METHODS[method])
+    amp = None
+    if cfg["distill"] == "ds2d2" and cfg["implicit_high"]:
+        amp = deepcopy(detection_head(t.model)).eval()  # an amplifier costs the same trained or not
+        for p in amp.parameters():
+            p.requires_grad_(False)
+    return DS2D2Model(student, t.model, cfg, amplifier=amp).train()
 
 
 def step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict) -> float:
@@ -139,6 +159,8 @@ def _argv(a: argparse.Namespace) -> list[str]:
         str(a.nc),
         "--warmup",
         str(a.warmup),
+        "--methods",
+        a.methods,
     ]
 
 
@@ -155,8 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--methods", default="native,ds2d2,none", help="comma-separated benchmark methods, native included")
     p.add_argument("--child", default=None)
     a = p.parse_args(argv)
+    try:
+        methods = check_methods(a.methods)
+    except ValueError as e:
+        p.error(str(e))  # exits with the one-line message before any model or data is loaded
     if a.student is None:
         a.student = str(
             scaled_model_yaml("yolov8-obb.yaml", 0.33, 0.125, nc=a.nc, out=Path("/tmp/ds2d2-student-obb.yaml"))
@@ -170,7 +197,6 @@ def main(argv: list[str] | None = None) -> None:
             step(model, opt, b)
         print(_peak_mb())
         return
-    methods = ["native", "ds2d2", "none"]
     times = interleaved(methods, a)
     rss = {m: [] for m in methods}
     for i in range(2):
@@ -178,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             rss[m].append(peak_rss(m, a))
     med = {m: statistics.median(v) for m, v in times.items()}
     mem = {m: max(v) for m, v in rss.items()}
-    n = len(times["ds2d2"])
+    n = len(times["native"])
     print(f"\nbatch {a.batch}, imgsz {a.imgsz}, {n} timed steps each (interleaved), torch {torch.__version__}")
     print("| method | s/step (median) | vs native | peak RSS (MB) | vs native |")
     print("|---|---|---|---|---|")

@@ -1,0 +1,51 @@
+"""Training-step cost benchmark: every requested method gets a timed row, and bad method lists stop early."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ds2d2_yolo import bench_step
+
+
+def test_bench_step_rows_per_method(tiny_models, synth_obb, capsys):
+    """A tiny interleaved run prints one row per method, native at 1.00x, and a JSON record with finite numbers."""
+    methods = ["native", "ds2d2-explicit"]
+    bench_step.main(
+        [
+            "--data", str(synth_obb),
+            "--teacher", str(tiny_models["obb_teacher"]),
+            "--student", str(tiny_models["obb_student"]),
+            "--nc", "3", "--imgsz", "64", "--batch", "2", "--steps", "3", "--warmup", "1",
+            "--methods", ",".join(methods),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out.strip().splitlines()
+    rec = json.loads(out[-1])
+    assert list(rec["s_per_step"]) == methods and list(rec["peak_rss_mb"]) == methods
+    assert all(0 < v < 60 for v in rec["s_per_step"].values())
+    assert all(v > 100 for v in rec["peak_rss_mb"].values())  # a process holding torch and models, in MB
+    rows = [r for r in out if r.startswith("| ") and not r.startswith("| method")]
+    assert [r.split(" | ")[0][2:] for r in rows] == methods
+    assert "| 1.00x |" in rows[0]
+    assert "2 timed steps each" in "\n".join(out)
+
+
+def test_bench_step_models_follow_the_method(tiny_models):
+    """The explicit-only ablation carries no amplifier; full DS2D2 does; CWD is a CWD wrapper."""
+    args = (str(tiny_models["obb_student"]), str(tiny_models["obb_teacher"]), 64, 3)
+    assert bench_step.build("ds2d2-explicit", *args).amplifier is None
+    assert bench_step.build("ds2d2", *args).amplifier is not None
+    assert bench_step.build("cwd", *args).method == "cwd"
+
+
+@pytest.mark.parametrize(
+    "methods, msg",
+    [("native,ds2d3", "method 'ds2d3' is unknown"), ("ds2d2,none", "lacks 'native'")],
+)
+def test_bench_step_bad_methods(methods, msg, capsys):
+    """Unknown methods or a list without the reference exit with a one-line message before loading anything."""
+    with pytest.raises(SystemExit):
+        bench_step.main(["--data", "missing.yaml", "--teacher", "missing.pt", "--methods", methods])
+    assert msg in capsys.readouterr().err

@@ -58,7 +58,7 @@ def check_methods(methods: str) -> list[str]:
 
 
 def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> torch.nn.Module:
-    """A training-mode wrapper for a benchmark method ("native", "none", "cwd", "ds2d2", ...) around a seeded student."""
+    """A training-mode wrapper for a benchmark method ("native", "none", "cwd", "ds2d2", ...) on a seeded student."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.distill_model import DistillationModel
     from ultralytics.nn.tasks import OBBModel

@@ -334,10 +334,16 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 
 def _stats(v: list[float]) -> tuple[float, float]:
+    """Mean and sample std of the finite values; the std is NaN below two values (one seed has no spread)."""
     v = [x for x in v if not math.isnan(x)]
     if not v:
         return float("nan"), float("nan")
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else float("nan"))
+
+
+def _pm(mean: float, std: float) -> str:
+    """Mean ± std, or the mean alone where there is no spread to show (a single seed)."""
+    return f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
 
 
 def write_report(out: Path, track: str, split: str) -> Path:
@@ -365,10 +371,14 @@ def write_report(out: Path, track: str, split: str) -> Path:
         span = teacher.get("mAP50", float("nan")) - none50
         gap = (a50 - none50) / span if m != "none" and math.isfinite(span) and span != 0 else None  # else undefined
         lines.append(
-            f"| {m} | {','.join(str(r['seed']) for r in rs)} | {a50:.3f} ± {s50:.3f} | {a95:.3f} ± {s95:.3f} | "
-            f"{'—' if gap is None else f'{100 * gap:.1f} %'} | {sp:.3f} ± {ss:.3f} | {mem:.0f} |"
+            f"| {m} | {','.join(str(r['seed']) for r in rs)} | {_pm(a50, s50)} | {_pm(a95, s95)} | "
+            f"{'—' if gap is None else f'{100 * gap:.1f} %'} | {_pm(sp, ss)} | {mem:.0f} |"
         )
-    lines += ["", "± is the standard deviation over seeds; gap closure = (method − none) / (teacher − none) on mAP50."]
+    lines += [
+        "",
+        "± is the standard deviation over seeds (none shown for a single seed); gap closure = (method − none) / "
+        "(teacher − none) on mAP50.",
+    ]
     table = out / "table.md"
     table.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -387,6 +397,7 @@ def _plot(by: dict, order: list[str], teacher: dict, path: Path, title: str) -> 
     for k, (key, off) in enumerate((("mAP50", -0.2), ("mAP50-95", 0.2))):
         means = [_stats([r[key] for r in by[m]])[0] for m in order]
         stds = [_stats([r[key] for r in by[m]])[1] for m in order]
+        stds = [s if math.isfinite(s) else 0.0 for s in stds]
         ax.bar([i + off for i in x], means, 0.4, yerr=stds, capsize=3, label=key, color=f"C{k}")
         if teacher:
             ax.axhline(teacher[key], color=f"C{k}", ls="--", lw=1, label=f"teacher {key}")

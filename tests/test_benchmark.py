@@ -26,6 +26,7 @@ def test_write_report_statistics(tmp_path):
     none, ds = [0.20, 0.30, 0.25], [0.40, 0.38, 0.45]
     rows = [_record("ds2d2", s, v, v / 2, step=2.0 + s) for s, v in enumerate(ds)]
     rows += [_record("none", s, v, v / 3) for s, v in enumerate(none)]
+    rows += [_record("ds2d2-db2", 0, 0.5, 0.25)]
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "teacher.json").write_text(json.dumps({"mAP50": 0.8, "mAP50-95": 0.5}))
     table = benchmark.write_report(tmp_path, "synthetic", "report").read_text()
@@ -39,6 +40,7 @@ def test_write_report_statistics(tmp_path):
     assert r[4] == f"{100 * gap:.1f} %"
     assert r[5] == f"{3.0:.3f} ± {1.0:.3f}"
     assert _row(table, "none")[4] == "—"
+    assert _row(table, "ds2d2-db2")[1:4] == ["0", "0.500", "0.250"]  # one seed: no spread is claimed
     img = cv2.imread(str(tmp_path / "plot.png"))
     assert img is not None and img.shape[0] > 100
 

@@ -114,6 +114,7 @@ def train_amplifier(
             total, n = total + loss.item() / batch["img"].shape[0], n + 1
         if log:
             log(f"DS2D2 amplifier epoch {epoch + 1}/{epochs}: loss {total / max(n, 1):.4g} ({n} batches)")
+    head.trained_epochs = int(epochs)  # travels with the head, so checkpoints record how it was made
     return freeze(head)
 
 
@@ -161,6 +162,7 @@ def amplifier_from_state(template: nn.Module, state: dict, fingerprint: str, cfg
             )
     head = copy.deepcopy(template)
     head.load_state_dict(state["state_dict"])
+    head.trained_epochs = int(state.get("epochs", 0))
     return freeze(head)
 
 

@@ -256,7 +256,10 @@ class DS2D2Trainer(DetectionTrainer):
             "connectors": {k: v.detach().cpu().clone() for k, v in ema.connector_state().items()},
             "amplifier": None
             if amp is None
-            else amplifier_state(amp, self.teacher.fingerprint, self.ds2d2, self.ds2d2["amp_epochs"]),
+            # A loaded amplifier keeps the epochs it was trained for, whatever this run's amp_epochs says.
+            else amplifier_state(
+                amp, self.teacher.fingerprint, self.ds2d2, getattr(amp, "trained_epochs", self.ds2d2["amp_epochs"])
+            ),
         }
 
     def save_model(self):

@@ -268,7 +268,8 @@ def test_amplifier_reused_without_retraining(tmp_path, tiny_models, synth_obb, o
     """amplifier.pt written by a first run is accepted by a second run for the same teacher: no retraining."""
     amp_file = obb_run["amplifier"]
     saved = torch.load(amp_file, weights_only=True)
-    trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, **obb_kw(tiny_models, synth_obb, amplifier=amp_file)))
+    kw = obb_kw(tiny_models, synth_obb, amplifier=amp_file)
+    trainer = DS2D2Trainer(overrides={**train_overrides(tmp_path, **kw), "amp_epochs": saved["epochs"] + 4})
     steps = stop_after(trainer, 1)
     with ultralytics_log() as log, pytest.raises(StopRun):
         trainer.train()
@@ -278,6 +279,8 @@ def test_amplifier_reused_without_retraining(tmp_path, tiny_models, synth_obb, o
     assert trainer.model.amplifier is not None
     assert all(torch.equal(v, saved["state_dict"][k]) for k, v in trainer._amplifier.state_dict().items())
     assert math.isfinite(steps[0]["im_high"]) and steps[0]["im_high"] != 0
+    # Checkpoints record the epochs the file was trained for, not this run's (unused) amp_epochs.
+    assert trainer._ds2d2_state(trainer.ema.ema)["amplifier"]["epochs"] == saved["epochs"]
 
 
 def test_corrupt_empty_and_missing_labels_train(tmp_path, tiny_models, synth_obb):

@@ -67,7 +67,6 @@ class DS2D2Model(nn.Module):
         student_model: nn.Module,
         teacher_model: nn.Module,
         cfg: dict[str, Any],
-        class_map: torch.Tensor | None = None,
         amplifier: nn.Module | None = None,
     ) -> None:
         """Build adapters from the channel widths of both heads and check that the levels line up.
@@ -76,7 +75,6 @@ class DS2D2Model(nn.Module):
             student_model (nn.Module): Ultralytics DetectionModel/OBBModel to train.
             teacher_model (nn.Module): Frozen teacher of the same task.
             cfg (dict): Validated DS2D2 arguments (`ds2d2_yolo.config.check_args`).
-            class_map (torch.Tensor | None): Student class i -> teacher class index.
             amplifier (nn.Module | None): Trained high-frequency amplifier head (required when implicit_high is on).
         """
         super().__init__()
@@ -86,7 +84,6 @@ class DS2D2Model(nn.Module):
         self.teacher_channels = int(teacher_model.yaml.get("channels", 3))
         self._hide("teacher_model", teacher_model)
         self._hide("amplifier", amplifier)
-        self._hide("class_map", class_map)
         self.skipped: dict[str, int] = {}
 
         s_head, t_head = detection_head(student_model), detection_head(teacher_model)
@@ -269,7 +266,8 @@ class DS2D2Model(nn.Module):
                     lo_sum, hi_sum = lo_sum + lo, hi_sum + hi
             out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
 
-        kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"], class_map=self.class_map)
+        # Both sides of each amplifier go through the same (teacher-class) head, so no class map applies here.
+        kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
         if cfg["implicit_full"]:
             head = detection_head(self.teacher_model)
             with torch.no_grad():

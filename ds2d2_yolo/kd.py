@@ -37,14 +37,14 @@ def amplifier_kd(
     feats: list[torch.Tensor],
     beta: float = 1.0,
     box_weight: float = 1.0,
-    class_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Class and box KD between one head's outputs on student and on teacher features (DESIGN Part 1 §4).
 
     Classification KD is the quality-focal form over every anchor and class; box KD is GIoU (Detect) or ProbIoU
     (OBB, angle included) between decoded boxes, weighted per anchor by the teacher's max class score. YOLO has no
     ignore region, so all anchors count, and both sums are divided by the teacher's soft positive count
-    sum_a max_c sigma(z_t), the analogue of Ultralytics' `target_scores_sum` (clamped at 1).
+    sum_a max_c sigma(z_t), the analogue of Ultralytics' `target_scores_sum` (clamped at 1). Both outputs come from
+    the same head, so their class channels already correspond: a data->teacher class map must not be applied here.
 
     Args:
         head (nn.Module): Head used for both outputs (decoding).
@@ -53,15 +53,12 @@ def amplifier_kd(
         feats (list[torch.Tensor]): Feature maps defining the anchor grid.
         beta (float): Quality-focal exponent.
         box_weight (float): Weight of the box term relative to the class term.
-        class_map (torch.Tensor | None): Student class i reads teacher score channel `class_map[i]`.
 
     Returns:
         (torch.Tensor): Scalar loss, fp32.
     """
     zs = student_out["scores"].float()
     zt = teacher_out["scores"].detach().float()
-    if class_map is not None:
-        zt = zt[:, class_map.to(zt.device)]
     w = zt.sigmoid().amax(1)  # (B, A)
     norm = w.sum().clamp(min=1.0)
     loss = quality_focal_kd(zs, zt, beta).sum() / norm

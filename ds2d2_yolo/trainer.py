@@ -205,9 +205,7 @@ class DS2D2Trainer(DetectionTrainer):
         ckpt = super().setup_model()
         if self.teacher is not None and not isinstance(self.model, DS2D2Model):
             amp = None if self._amplifier is None else fuse_frozen(deepcopy(self._amplifier))
-            self.model = DS2D2Model(
-                self.model, self.teacher.model, self.ds2d2, class_map=self.teacher.class_map, amplifier=amp
-            )
+            self.model = DS2D2Model(self.model, self.teacher.model, self.ds2d2, amplifier=amp)
             if self._resume_state:
                 self.model.load_connector_state(self._resume_state["connectors"])
         return ckpt

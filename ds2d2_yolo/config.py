@@ -100,6 +100,8 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
         raise DS2D2ArgError(f"'distill={cfg['distill']}' is unknown; choose one of {', '.join(DISTILL_METHODS)}")
     for k in WEIGHT_KEYS:
         cfg[k] = _to_float(k, cfg[k])
+    if cfg["cwd_tau"] == 0:  # the softmax temperature divides the logits: 0 makes every CWD step NaN
+        raise DS2D2ArgError("'cwd_tau=0' must be > 0 (it divides the logits); e.g. cwd_tau=1")
     if cfg["mgd_mask_ratio"] >= 1:
         raise DS2D2ArgError(f"'mgd_mask_ratio={cfg['mgd_mask_ratio']}' must be in [0, 1), e.g. 0.65")
     for k in BOOL_KEYS:

@@ -73,7 +73,7 @@ def quality_focal_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """Return the elementwise quality-focal classification KD: BCE(z_s, sigma(z_t)) * |sigma(z_s) - sigma(z_t)|^beta.
 
     The modulating factor stays differentiable on the student side (as in Quality Focal Loss), and it makes the loss
-    exactly zero where the student matches the teacher.
+    zero where the student matches the teacher (exactly for beta >= 1; below 1e-12**beta times the BCE otherwise).
 
     Args:
         student_logits (torch.Tensor): Student class logits, any shape.
@@ -85,7 +85,10 @@ def quality_focal_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """
     zs, pt = _f32(student_logits), _teacher(teacher_logits).sigmoid()
     bce = F.binary_cross_entropy_with_logits(zs, pt, reduction="none")
-    return bce * (zs.sigmoid() - pt).abs().pow(beta)
+    gap = (zs.sigmoid() - pt).abs()
+    if beta < 1:  # d|x|^beta/dx is infinite at x = 0, which saturated logits reach exactly in fp32
+        gap = gap.clamp(min=1e-12)
+    return bce * gap.pow(beta)
 
 
 def _box_wh(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -110,6 +110,19 @@ def test_quality_focal_kd_formula():
     assert quality_focal_kd(zs.view(3, 1), zt.view(3, 1)).shape == (3, 1)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_quality_focal_kd_small_beta_saturated_gradient_is_finite(beta):
+    """With beta < 1 the factor |p_s - p_t|^beta has an infinite slope at 0, which saturated logits hit exactly."""
+    z = torch.tensor([20.0, 18.0, 0.3], requires_grad=True)
+    zt = torch.tensor([20.0, 25.0, 1.0])
+    loss = quality_focal_kd(z, zt, beta=beta)
+    (grad,) = torch.autograd.grad(loss.sum(), z)
+    assert torch.isfinite(grad).all(), grad
+    ps, pt = torch.sigmoid(z[2].detach()), torch.sigmoid(zt[2])
+    bce = -(pt * torch.log(ps) + (1 - pt) * torch.log(1 - ps))
+    torch.testing.assert_close(loss[2], bce * (ps - pt).abs() ** beta)  # away from 0 the formula is unchanged
+
+
 def test_iou_family_matches_torchvision():
     ops = pytest.importorskip("torchvision.ops")
     gen = torch.Generator().manual_seed(4)

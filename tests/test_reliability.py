@@ -207,6 +207,7 @@ def test_wrong_teacher_task(student, teacher, message, tmp_path, tiny_models, sy
         ("wavelet", "morlet-x", "wavelet=morlet-x"),
         ("disw", "diagonal", "disw=diagonal"),
         ("distill", "kd", "distill=kd"),
+        ("cwd_tau", 0, "cwd_tau=0"),
     ],
 )
 def test_bad_values_fail_before_training(key, value, named, tmp_path, tiny_models, synth_obb):
@@ -215,6 +216,16 @@ def test_bad_values_fail_before_training(key, value, named, tmp_path, tiny_model
     with pytest.raises(DS2D2ArgError) as err:
         DS2D2Trainer(overrides=train_overrides(project, **obb_kw(tiny_models, synth_obb, **{key: value})))
     assert "\n" not in str(err.value) and named in str(err.value), str(err.value)
+    assert not project.exists()
+
+
+def test_obb_disw_on_detect_fails_before_training(tmp_path, tiny_models, synth_det):
+    """The rotated DISW rule needs oriented boxes: on a detect model it is refused before the run folder exists."""
+    project = tmp_path / "proj"
+    kw = dict(model=str(tiny_models["detect_student"]), data=str(synth_det), teacher=str(tiny_models["detect_teacher"]))
+    with pytest.raises(DS2D2ArgError, match="disw=obb") as err:
+        DS2D2Trainer(overrides=train_overrides(project, **kw, distill="ds2d2", disw="obb"))
+    assert "\n" not in str(err.value)
     assert not project.exists()
 
 

@@ -140,6 +140,11 @@ class DS2D2Trainer(DetectionTrainer):
         except DS2D2ArgError:
             self._discard_new_run_dir()
             raise
+        if self.ds2d2["distill"] in FEATURE_METHODS and self.args.compile:
+            # The compiled step calls model(img) and then loss(batch, preds); our loss needs the head inputs of its
+            # own forward, so it would run the student twice. Ultralytics disables compile for distill_model too.
+            LOGGER.warning(f"DS2D2: 'compile' is not supported with distill={self.ds2d2['distill']}; disabling it")
+            self.args.compile = False
         for cbs in self.callbacks.values():
             cbs[:] = [cb for cb in cbs if not isinstance(cb, CarriedArgs)]
         self.add_callback("on_pretrain_routine_start", CarriedArgs(self.ds2d2))

@@ -229,6 +229,14 @@ def test_obb_disw_on_detect_fails_before_training(tmp_path, tiny_models, synth_d
     assert not project.exists()
 
 
+def test_compile_is_disabled_for_feature_distillation(tmp_path, tiny_models, synth_obb):
+    """compile=True would run the student twice a step (model(img), then our loss): it is turned off, with a warning."""
+    with ultralytics_log() as log:
+        trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, **obb_kw(tiny_models, synth_obb), compile=True))
+    assert trainer.args.compile is False
+    assert any("'compile' is not supported with distill=ds2d2" in m for m in log)
+
+
 @pytest.mark.parametrize(
     "extra,named",
     [

@@ -132,7 +132,7 @@ class DS2D2Trainer(DetectionTrainer):
             # a bad teacher path costs nothing and leaves nothing behind. Only the class names wait for the data.
             early_task = "obb" if isinstance(self, OBBTrainer) else resolve_task(overrides)
             early_teacher = read_teacher(self.ds2d2["teacher"], early_task)
-            if early_task == "detect" and self.ds2d2["disw"] == "obb":
+            if self.ds2d2["distill"] == "ds2d2" and early_task == "detect" and self.ds2d2["disw"] == "obb":
                 raise DS2D2ArgError("'disw=obb' needs oriented boxes but this is a detect model; use disw=hbb or auto")
         super().__init__(cfg, overrides, _callbacks)
         try:

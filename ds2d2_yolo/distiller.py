@@ -266,7 +266,6 @@ class DS2D2Model(nn.Module):
                     lo_sum, hi_sum = lo_sum + lo, hi_sum + hi
             out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
 
-        # Both sides of each amplifier go through the same (teacher-class) head, so no class map applies here.
         kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
         if cfg["implicit_full"]:
             head = detection_head(self.teacher_model)

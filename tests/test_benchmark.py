@@ -45,6 +45,28 @@ def test_write_report_statistics(tmp_path):
     assert img is not None and img.shape[0] > 100
 
 
+def test_write_report_per_seed_and_paired(tmp_path):
+    """Per-seed cells and the paired difference to none use only the seeds both methods ran, checked against numpy."""
+    none = {0: 0.20, 1: 0.30, 2: 0.25}
+    cwd = {1: 0.36, 2: 0.21, 4: 0.9}  # seed 4 has no `none` run to pair with
+    rows = [_record("none", s, v, v / 2) for s, v in none.items()]
+    rows += [_record("cwd", s, v, v / 4) for s, v in cwd.items()]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = benchmark.write_report(tmp_path, "dota", "report").read_text()
+
+    seed0 = next(x for x in table.splitlines() if x.startswith("| 0 |"))
+    assert seed0 == "| 0 | 0.200 (0.100) | — |"
+    assert "| 4 | — | 0.900 (0.225) |" in table
+    paired = [x for x in table.splitlines() if x.startswith("| cwd |")][-1]
+    cells = [c.strip() for c in paired.strip("|").split("|")]
+    d50 = np.array([cwd[1] - none[1], cwd[2] - none[2]])
+    d95 = np.array([cwd[1] / 4 - none[1] / 2, cwd[2] / 4 - none[2] / 2])
+    assert cells[1] == "1,2"
+    assert cells[2] == f"{d50.mean():+.3f} ± {d50.std(ddof=1):.3f}"
+    assert cells[3] == f"{d95.mean():+.3f} ± {d95.std(ddof=1):.3f}"
+    assert cells[4] == "1/2"
+
+
 def test_write_report_ignores_nan_runs(tmp_path):
     """A run whose metric is NaN does not poison the mean of the others."""
     rows = [_record("none", 0, 0.2, 0.1), _record("none", 1, float("nan"), float("nan")), _record("none", 2, 0.4, 0.2)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -12,6 +13,7 @@ from ds2d2_yolo import bench_step
 def test_bench_step_rows_per_method(tiny_models, synth_obb, capsys):
     """A tiny interleaved run prints one row per method, native at 1.00x, and a JSON record with finite numbers."""
     methods = ["native", "ds2d2-explicit"]
+    t0 = time.perf_counter()
     bench_step.main(
         [
             "--data", str(synth_obb),
@@ -24,7 +26,9 @@ def test_bench_step_rows_per_method(tiny_models, synth_obb, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     rec = json.loads(out[-1])
     assert list(rec["s_per_step"]) == methods and list(rec["peak_rss_mb"]) == methods
-    assert all(0 < v < 60 for v in rec["s_per_step"].values())
+    # Bounded by the wall time of the whole call rather than a fixed limit, so a loaded machine cannot fail it.
+    elapsed = time.perf_counter() - t0
+    assert all(0 < v and 2 * v < elapsed for v in rec["s_per_step"].values())  # 2 timed steps per method
     assert all(v > 100 for v in rec["peak_rss_mb"].values())  # a process holding torch and models, in MB
     rows = [r for r in out if r.startswith("| ") and not r.startswith("| method")]
     assert [r.split(" | ")[0][2:] for r in rows] == methods

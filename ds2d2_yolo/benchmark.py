@@ -415,9 +415,15 @@ def _per_seed_lines(by: dict[str, list[dict]], order: list[str]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for m in order:
-        common = [s for s in seeds if m != "none" and s in val[m] and s in val["none"]]
+        common = [
+            s
+            for s in seeds
+            if m != "none"
+            and s in val[m]
+            and s in val["none"]
+            and math.isfinite(val[m][s]["mAP50"] - val["none"][s]["mAP50"])
+        ]
         d50, d95 = ([val[m][s][k] - val["none"][s][k] for s in common] for k in ("mAP50", "mAP50-95"))
-        d50 = [x for x in d50 if math.isfinite(x)]
         if d50:
             lines.append(
                 f"| {m} | {','.join(map(str, common))} | {_pm_signed(*_stats(d50))} | {_pm_signed(*_stats(d95))} | "

@@ -341,9 +341,10 @@ def _stats(v: list[float]) -> tuple[float, float]:
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else float("nan"))
 
 
-def _pm(mean: float, std: float) -> str:
-    """Mean ± std, or the mean alone where there is no spread to show (a single seed)."""
-    return f"{mean:.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:.3f}"
+def _pm(mean: float, std: float, signed: bool = False) -> str:
+    """Mean ± std, or the mean alone where there is no spread to show (a single seed); `signed` prints the sign."""
+    m = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return f"{m} ± {std:.3f}" if math.isfinite(std) else m
 
 
 def write_report(out: Path, track: str, split: str) -> Path:
@@ -414,27 +415,18 @@ def _per_seed_lines(by: dict[str, list[dict]], order: list[str]) -> list[str]:
         "| method | paired seeds | mAP50 − none | mAP50-95 − none | seeds ahead of none (mAP50) |",
         "|---|---|---|---|---|",
     ]
-    for m in order:
+    base = val["none"]
+    for m in (m for m in order if m != "none"):
         common = [
-            s
-            for s in seeds
-            if m != "none"
-            and s in val[m]
-            and s in val["none"]
-            and math.isfinite(val[m][s]["mAP50"] - val["none"][s]["mAP50"])
+            s for s in seeds if s in val[m] and s in base and math.isfinite(val[m][s]["mAP50"] - base[s]["mAP50"])
         ]
-        d50, d95 = ([val[m][s][k] - val["none"][s][k] for s in common] for k in ("mAP50", "mAP50-95"))
+        d50, d95 = ([val[m][s][k] - base[s][k] for s in common] for k in ("mAP50", "mAP50-95"))
         if d50:
             lines.append(
-                f"| {m} | {','.join(map(str, common))} | {_pm_signed(*_stats(d50))} | {_pm_signed(*_stats(d95))} | "
-                f"{sum(x > 0 for x in d50)}/{len(d50)} |"
+                f"| {m} | {','.join(map(str, common))} | {_pm(*_stats(d50), signed=True)} | "
+                f"{_pm(*_stats(d95), signed=True)} | {sum(x > 0 for x in d50)}/{len(d50)} |"
             )
     return lines
-
-
-def _pm_signed(mean: float, std: float) -> str:
-    """Signed mean ± std, or the signed mean alone for a single value."""
-    return f"{mean:+.3f} ± {std:.3f}" if math.isfinite(std) else f"{mean:+.3f}"
 
 
 def _plot(by: dict, order: list[str], teacher: dict, path: Path, title: str) -> None:

@@ -47,9 +47,8 @@ def test_write_report_statistics(tmp_path):
 
 def test_write_report_per_seed_and_paired(tmp_path):
     """Per-seed cells and the paired difference to none use only the seeds both methods ran, checked against numpy."""
-    none = {0: 0.20, 1: 0.30, 2: 0.25}
+    none = {0: 0.20, 1: 0.30, 2: 0.25, 3: 0.5}
     cwd = {1: 0.36, 2: 0.21, 3: float("nan"), 4: 0.9}  # a failed metric on seed 3; seed 4 has no `none` run
-    none[3] = 0.5
     rows = [_record("none", s, v, v / 2) for s, v in none.items()]
     rows += [_record("cwd", s, v, v / 4) for s, v in cwd.items()]
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")

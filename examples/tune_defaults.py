@@ -32,6 +32,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "none": ("none", {}),
     "default": ("ds2d2", {}),
     "x0.3": ("ds2d2", scaled(0.3)),
+    "x1": ("ds2d2", scaled(1)),
     "x3": ("ds2d2", scaled(3)),
     "x10": ("ds2d2", scaled(10)),
     "implicit-heavy": ("ds2d2", scaled(1, lambda_imf=1.0, lambda_imh=0.5)),

@@ -28,6 +28,8 @@ def scaled(k: float, **kw) -> dict:
     return {**{n: v * k for n, v in BASE.items()}, **kw}
 
 
+# "default" runs whatever cfg/ds2d2.yaml ships, so its meaning moves with the shipped weights: the synthetic sweep's
+# `default` records predate the change to x3, while real-track `default` runs are x3 and `x1` is the old default.
 CONFIGS: dict[str, tuple[str, dict]] = {
     "none": ("none", {}),
     "default": ("ds2d2", {}),

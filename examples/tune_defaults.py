@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ds2d2_yolo.benchmark import read_results, run_benchmark
 
-# cfg/ds2d2.yaml weights before tuning (magnitude-balanced): exl 0.1, exh 0.2, imf 0.25, imh 0.1.
+# The magnitude-balanced weights exl 0.1, exh 0.2, imf 0.25, imh 0.1: what cfg/ds2d2.yaml ships (real tuning split).
 BASE = {"lambda_exl": 0.1, "lambda_exh": 0.2, "lambda_imf": 0.25, "lambda_imh": 0.1}
 
 
@@ -28,8 +28,8 @@ def scaled(k: float, **kw) -> dict:
     return {**{n: v * k for n, v in BASE.items()}, **kw}
 
 
-# "default" runs whatever cfg/ds2d2.yaml ships, so its meaning moves with the shipped weights: the synthetic sweep's
-# `default` records predate the change to x3, while real-track `default` runs are x3 and `x1` is the old default.
+# "default" runs whatever cfg/ds2d2.yaml ships, so its meaning moves with the shipped weights: the synthetic and the
+# real-track `default` records are x1 and x3 respectively (what shipped when each ran); x1 ships now.
 CONFIGS: dict[str, tuple[str, dict]] = {
     "none": ("none", {}),
     "default": ("ds2d2", {}),

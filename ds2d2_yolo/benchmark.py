@@ -220,6 +220,9 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "train_s": time.perf_counter() - t,
         "epochs": spec["overrides"]["epochs"],
         "threads": torch.get_num_threads(),  # timings depend on it, and so can float summation order
+        # The resolved method settings (cfg/ds2d2.yaml under the overrides), so a record still says what it ran
+        # after the shipped defaults change.
+        "args": {k: v for k, v in trainer.ds2d2.items() if k not in ("teacher", "amplifier")},
     }
 
 
@@ -347,13 +350,18 @@ def _pm(mean: float, std: float, signed: bool = False) -> str:
     return f"{m} ± {std:.3f}" if math.isfinite(std) else m
 
 
+def row_label(record: dict[str, Any]) -> str:
+    """A record's table row: its method, plus its `config` tag where one marks a variant (e.g. `ds2d2 (x3)`)."""
+    return f"{record['method']} ({record['config']})" if record.get("config") else record["method"]
+
+
 def write_report(out: Path, track: str, split: str) -> Path:
-    """Rebuild `table.md` and `plot.png` from results.jsonl: mean ± std over seeds per method."""
+    """Rebuild `table.md` and `plot.png` from results.jsonl: mean ± std over seeds per method (and config tag)."""
     rows = read_results(out / "results.jsonl")
     teacher = json.loads((out / "teacher.json").read_text()) if (out / "teacher.json").exists() else {}
     by: dict[str, list[dict]] = {}
     for r in rows:
-        by.setdefault(r["method"], []).append(r)
+        by.setdefault(row_label(r), []).append(r)
     none50 = _stats([r["mAP50"] for r in by.get("none", [])])[0]
     lines = [
         f"Track `{track}`, split `{split}`; teacher mAP50 {teacher.get('mAP50', float('nan')):.3f}, "
@@ -362,7 +370,8 @@ def write_report(out: Path, track: str, split: str) -> Path:
         "| method | seeds | mAP50 | mAP50-95 | gap closure (mAP50) | s/step | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|",
     ]
-    order = [m for m in METHODS if m in by]
+    rank = {m: i for i, m in enumerate(METHODS)}
+    order = sorted(by, key=lambda k: (rank.get(by[k][0]["method"], len(rank)), k))
     for m in order:
         rs = sorted(by[m], key=lambda r: r["seed"])
         a50, s50 = _stats([r["mAP50"] for r in rs])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ds2d2_yolo import benchmark
+from ds2d2_yolo.config import defaults
 
 
 def _record(method: str, seed: int, m50: float, m95: float, step: float = 1.0, rss: float = 100.0) -> dict:
@@ -67,6 +68,24 @@ def test_write_report_per_seed_and_paired(tmp_path):
     assert cells[4] == "1/2"
 
 
+def test_write_report_separates_config_tags(tmp_path):
+    """Records tagged with a config get their own row after their method's, each paired with the untagged none."""
+    none = [0.20, 0.30, 0.25]
+    rows = [_record("none", s, v, v / 2) for s, v in enumerate(none)]
+    rows += [{**_record("ds2d2", s, v + 0.1, v / 2), "config": "x1"} for s, v in enumerate(none)]
+    rows += [{**_record("ds2d2", s, v - 0.05, v / 2), "config": "x3"} for s, v in enumerate(none)]
+    rows += [_record("cwd", 0, 0.4, 0.2)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = benchmark.write_report(tmp_path, "dota", "report").read_text()
+
+    assert table.index("| none |") < table.index("| cwd |") < table.index("| ds2d2 (x1) |")
+    assert table.index("| ds2d2 (x1) |") < table.index("| ds2d2 (x3) |")
+    assert "| ds2d2 |" not in table
+    assert _row(table, "ds2d2 (x1)")[2] == f"{np.mean(none) + 0.1:.3f} ± {np.std(none, ddof=1):.3f}"
+    paired = [x for x in table.splitlines() if x.startswith("| ds2d2 (x3) |")][-1]
+    assert [c.strip() for c in paired.strip("|").split("|")][2:5] == ["-0.050 ± 0.000", "+0.000 ± 0.000", "0/3"]
+
+
 def test_write_report_ignores_nan_runs(tmp_path):
     """A run whose metric is NaN does not poison the mean of the others."""
     rows = [_record("none", 0, 0.2, 0.1), _record("none", 1, float("nan"), float("nan")), _record("none", 2, 0.4, 0.2)]
@@ -103,6 +122,10 @@ def test_run_benchmark_grid_resumes_and_tags(tmp_path, monkeypatch, synth_obb, t
     assert [(r["method"], r["seed"], r["epochs"]) for r in recs] == [("none", 7, 1), ("ds2d2", 7, 1)]
     assert all(np.isfinite(r["mAP50"]) and r["s_per_step"] > 0 and r["peak_rss_mb"] > 0 for r in recs)
     assert (folder / "runs" / "ds2d2-s7" / "amplifier.pt").exists()  # the DS2D2 run really distilled
+    # Each record says what it ran: the shipped defaults under the run's overrides, without machine paths.
+    assert recs[1]["args"]["distill"] == "ds2d2" and recs[1]["args"]["amp_epochs"] == 1
+    assert recs[1]["args"]["lambda_exl"] == defaults()["lambda_exl"] and "teacher" not in recs[1]["args"]
+    assert recs[0]["args"]["distill"] == "none"
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")

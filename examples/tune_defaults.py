@@ -2,8 +2,9 @@
 
 Each configuration is a set of DS2D2 overrides trained with the benchmark's own protocol (same student, epochs,
 augmentation) on the track's tuning split, with seeds the report grid does not use. Results go to
-`<out>/<track>-tune-<config>/results.jsonl`, so the sweep can be interrupted and continued, and the summary table
-compares every configuration with `none` seed by seed.
+`<out>/<track>-tune-<config>/results.jsonl`, so the sweep can be interrupted and continued; the summary
+(`<out>/<track>-tune-summary/`: the merged records, the benchmark's table and plot) pairs every configuration with
+`none` seed by seed.
 
 Usage:
     python examples/tune_defaults.py                          # synthetic track, every configuration, seeds 3 and 4
@@ -14,10 +15,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import shutil
 from pathlib import Path
 
-from ds2d2_yolo.benchmark import read_results, run_benchmark
+from ds2d2_yolo.benchmark import read_results, run_benchmark, write_report
 
 # The magnitude-balanced weights exl 0.1, exh 0.2, imf 0.25, imh 0.1: what cfg/ds2d2.yaml ships (real tuning split).
 BASE = {"lambda_exl": 0.1, "lambda_exh": 0.2, "lambda_imf": 0.25, "lambda_imh": 0.1}
@@ -47,29 +49,26 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 
 
 def summary(out: Path, track: str, names: list[str]) -> str:
-    """Markdown table: mean mAP50 / mAP50-95 per configuration and the per-seed mAP50 difference to `none`."""
-    rows = {}
+    """Gather the configurations' records into `<out>/<track>-tune-summary/` and rebuild the benchmark report there.
+
+    Each DS2D2 record is tagged with its configuration, so the report gives it its own row (e.g. `ds2d2 (x1)`) and
+    pairs it with `none` seed by seed, over the seeds both ran.
+    """
+    merged = out / f"{track}-tune-summary"
+    merged.mkdir(parents=True, exist_ok=True)
+    records = []
     for name in names:
-        rows[name] = {r["seed"]: r for r in read_results(out / f"{track}-tune-{name}" / "results.jsonl")}
-    base = rows.get("none", {})
-    lines = ["| config | seeds | mAP50 | mAP50-95 | mAP50 − none, per seed |", "|---|---|---|---|---|"]
-    for name, runs in rows.items():
-        if not runs:
-            continue
-        seeds = sorted(runs)
-        m50 = [runs[s]["mAP50"] for s in seeds]
-        m95 = [runs[s]["mAP50-95"] for s in seeds]
-        sd = statistics.stdev(m50) if len(m50) > 1 else 0.0
-        diff = ", ".join(f"{runs[s]['mAP50'] - base[s]['mAP50']:+.3f}" for s in seeds if s in base)
-        lines.append(
-            f"| {name} | {','.join(map(str, seeds))} | {statistics.mean(m50):.3f} ± {sd:.3f} "
-            f"| {statistics.mean(m95):.3f} | {diff} |"
-        )
-    return "\n".join(lines)
+        folder = out / f"{track}-tune-{name}"
+        for r in read_results(folder / "results.jsonl"):
+            records.append(r if r["method"] == "none" else {"config": name, **r})
+        if (folder / "teacher.json").exists():  # every configuration scores on the same split with the same teacher
+            shutil.copyfile(folder / "teacher.json", merged / "teacher.json")
+    (merged / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return write_report(merged, track, "tune").read_text()
 
 
 def main() -> None:
-    """Run the requested configurations on the tuning split and print the summary table."""
+    """Run the requested configurations on the tuning split, then print and write the summary table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--track", default="synthetic", choices=("synthetic", "dota"))
     ap.add_argument("--configs", default=",".join(CONFIGS))
@@ -87,7 +86,7 @@ def main() -> None:
             method, extra = CONFIGS[name]
             seeds = [int(s) for s in a.seeds.split(",")]
             run_benchmark(a.track, a.out, seeds, a.epochs, method, split="tune", extra=extra, tag=name)
-    print(summary(Path(a.out).resolve(), a.track, list(CONFIGS)))
+    summary(Path(a.out).resolve(), a.track, list(CONFIGS))  # prints the table as it writes it
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def test_write_report_gap_undefined_when_teacher_equals_none(tmp_path):
 
 
 def test_tuning_summary_pairs_seeds(tmp_path):
-    """The sweep table pairs each configuration with `none` seed by seed and only over seeds both have."""
+    """The sweep gathers each configuration into its own row, paired with `none` only over seeds both have."""
     import importlib.util
 
     from conftest import REPO
@@ -155,11 +155,25 @@ def test_tuning_summary_pairs_seeds(tmp_path):
     for name, by_seed in runs.items():
         folder = tmp_path / f"synthetic-tune-{name}"
         folder.mkdir()
-        lines = [json.dumps(_record(name, s, v, v / 2)) for s, v in by_seed.items()]
+        method = "none" if name == "none" else "ds2d2"
+        lines = [json.dumps(_record(method, s, v, v / 2)) for s, v in by_seed.items()]
         (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "synthetic-tune-x3" / "teacher.json").write_text(json.dumps({"mAP50": 0.8, "mAP50-95": 0.5}))
     table = mod.summary(tmp_path, "synthetic", list(mod.CONFIGS))
-    row = _row(table, "x3")
+    row = _row(table, "ds2d2 (x3)")
     assert row[1] == "3,4,5"
     assert row[2] == f"{np.mean([0.35, 0.38, 0.50]):.3f} ± {np.std([0.35, 0.38, 0.50], ddof=1):.3f}"
-    assert row[4] == "+0.050, -0.020"
-    assert "| default |" not in table  # configurations without runs are left out
+    paired = [x for x in table.splitlines() if x.startswith("| ds2d2 (x3) |")][-1]
+    d50 = np.array([0.05, -0.02])
+    assert [c.strip() for c in paired.strip("|").split("|")][1:3] == [
+        "3,4",
+        f"{d50.mean():+.3f} ± {d50.std(ddof=1):.3f}",
+    ]
+    assert "(default)" not in table  # configurations without runs are left out
+    assert "teacher mAP50 0.800" in table
+    merged = [json.loads(x) for x in (tmp_path / "synthetic-tune-summary" / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r.get("config"), r["seed"]) for r in merged)[:2] == [
+        ("ds2d2", "x3", 3),
+        ("ds2d2", "x3", 4),
+    ]
+    assert (tmp_path / "synthetic-tune-summary" / "plot.png").exists()

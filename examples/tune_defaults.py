@@ -30,8 +30,8 @@ def scaled(k: float, **kw) -> dict:
     return {**{n: v * k for n, v in BASE.items()}, **kw}
 
 
-# "default" runs whatever cfg/ds2d2.yaml ships, so its meaning moves with the shipped weights: the synthetic and the
-# real-track `default` records are x1 and x3 respectively (what shipped when each ran); x1 ships now.
+# "default" runs whatever cfg/ds2d2.yaml ships, so its meaning moves with the shipped weights: the synthetic `default`
+# records are x1 (what shipped then); the real-track runs made as `default` when x3 shipped are filed under x3.
 CONFIGS: dict[str, tuple[str, dict]] = {
     "none": ("none", {}),
     "default": ("ds2d2", {}),

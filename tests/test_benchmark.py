@@ -69,7 +69,7 @@ def test_write_report_per_seed_and_paired(tmp_path):
 
 
 def test_write_report_separates_config_tags(tmp_path):
-    """Records tagged with a config get their own row after their method's, each paired with the untagged none."""
+    """Records tagged with a config get their own rows, in METHODS order, each paired with the untagged none."""
     none = [0.20, 0.30, 0.25]
     rows = [_record("none", s, v, v / 2) for s, v in enumerate(none)]
     rows += [{**_record("ds2d2", s, v + 0.1, v / 2), "config": "x1"} for s, v in enumerate(none)]

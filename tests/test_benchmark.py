@@ -22,6 +22,12 @@ def _row(table: str, method: str) -> list[str]:
     return [c.strip() for c in line.strip("|").split("|")]
 
 
+def _paired(table: str, method: str) -> list[str]:
+    """Cells of the method's row in the paired-difference table, the last table of the report."""
+    line = [x for x in table.splitlines() if x.startswith(f"| {method} |")][-1]
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_write_report_statistics(tmp_path):
     """Means, sample std over seeds and gap closure agree with numpy; methods keep METHODS order; PNG is written."""
     none, ds = [0.20, 0.30, 0.25], [0.40, 0.38, 0.45]
@@ -58,8 +64,7 @@ def test_write_report_per_seed_and_paired(tmp_path):
     seed0 = next(x for x in table.splitlines() if x.startswith("| 0 |"))
     assert seed0 == "| 0 | 0.200 (0.100) | — |"
     assert "| 4 | — | 0.900 (0.225) |" in table
-    paired = [x for x in table.splitlines() if x.startswith("| cwd |")][-1]
-    cells = [c.strip() for c in paired.strip("|").split("|")]
+    cells = _paired(table, "cwd")
     d50 = np.array([cwd[1] - none[1], cwd[2] - none[2]])
     d95 = np.array([cwd[1] / 4 - none[1] / 2, cwd[2] / 4 - none[2] / 2])
     assert cells[1] == "1,2"
@@ -82,8 +87,7 @@ def test_write_report_separates_config_tags(tmp_path):
     assert table.index("| ds2d2 (x1) |") < table.index("| ds2d2 (x3) |")
     assert "| ds2d2 |" not in table
     assert _row(table, "ds2d2 (x1)")[2] == f"{np.mean(none) + 0.1:.3f} ± {np.std(none, ddof=1):.3f}"
-    paired = [x for x in table.splitlines() if x.startswith("| ds2d2 (x3) |")][-1]
-    assert [c.strip() for c in paired.strip("|").split("|")][2:5] == ["-0.050 ± 0.000", "+0.000 ± 0.000", "0/3"]
+    assert _paired(table, "ds2d2 (x3)")[2:5] == ["-0.050 ± 0.000", "+0.000 ± 0.000", "0/3"]
 
 
 def test_write_report_ignores_nan_runs(tmp_path):
@@ -163,9 +167,8 @@ def test_tuning_summary_pairs_seeds(tmp_path):
     row = _row(table, "ds2d2 (x3)")
     assert row[1] == "3,4,5"
     assert row[2] == f"{np.mean([0.35, 0.38, 0.50]):.3f} ± {np.std([0.35, 0.38, 0.50], ddof=1):.3f}"
-    paired = [x for x in table.splitlines() if x.startswith("| ds2d2 (x3) |")][-1]
     d50 = np.array([0.05, -0.02])
-    assert [c.strip() for c in paired.strip("|").split("|")][1:3] == [
+    assert _paired(table, "ds2d2 (x3)")[1:3] == [
         "3,4",
         f"{d50.mean():+.3f} ± {d50.std(ddof=1):.3f}",
     ]

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ds2d2_yolo.config import check_args, split_overrides
+
 METHODS: dict[str, dict[str, Any]] = {
     "none": {"distill": "none"},
     "native": {"distill": "native"},
@@ -222,8 +224,45 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "threads": torch.get_num_threads(),  # timings depend on it, and so can float summation order
         # The resolved method settings (cfg/ds2d2.yaml under the overrides), so a record still says what it ran
         # after the shipped defaults change.
-        "args": {k: v for k, v in trainer.ds2d2.items() if k not in ("teacher", "amplifier")},
+        "args": record_args(trainer.ds2d2),
     }
+
+
+def record_args(ds2d2: dict[str, Any]) -> dict[str, Any]:
+    """The resolved DS2D2 settings a run record keeps: everything but the machine paths."""
+    return {k: v for k, v in ds2d2.items() if k not in ("teacher", "amplifier")}
+
+
+def _method_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The settings that change what a method trains (a `none` run does not depend on DS2D2's weights)."""
+    d = args["distill"]
+    if d in ("none", "native"):
+        return {"distill": d}
+    if d in ("cwd", "mgd"):
+        return {k: v for k, v in args.items() if k == "distill" or k.startswith(f"{d}_")}
+    return {k: v for k, v in args.items() if not k.startswith(("cwd_", "mgd_"))}
+
+
+def is_done(record: dict[str, Any], method: str, seed: int, epochs: int, args: dict[str, Any]) -> bool:
+    """Whether a results.jsonl record is the planned run, so that run can be skipped.
+
+    Args:
+        record (dict): One finished run's record.
+        method (str): Planned benchmark method (a METHODS key, e.g. "ds2d2-db2").
+        seed (int): Planned seed.
+        epochs (int): Planned epochs.
+        args (dict): Planned resolved DS2D2 settings, as `record_args` gives them.
+
+    Returns:
+        (bool): True when method, seed and epochs match and the settings that matter to the method do too.
+    """
+    if (record["method"], record["seed"], record["epochs"]) != (method, seed, epochs):
+        return False
+    if "args" in record:
+        return _method_args(record["args"]) == _method_args(args)
+    # Records from before `args` existed: an untagged one ran the defaults of its folder, but one tagged with a
+    # config came from a merged sweep and cannot say which of its configurations this run would repeat.
+    return "config" not in record
 
 
 def teacher_map(teacher: Path, data: Path, imgsz: int, project: Path) -> dict[str, float]:
@@ -246,7 +285,7 @@ def run_benchmark(
     extra: dict[str, Any] | None = None,
     tag: str = "",
 ) -> Path:
-    """Run the grid (skipping runs already in results.jsonl), then write the table and plot.
+    """Run the grid (skipping runs results.jsonl already holds with the same settings), then write the table and plot.
 
     Args:
         track (str): "dota" (real DOTA-mini, needs ../shared/data) or "synthetic".
@@ -286,12 +325,10 @@ def run_benchmark(
     tfile = out / "teacher.json"
     if not tfile.exists():
         tfile.write_text(json.dumps(teacher_map(teacher, data[split], cfg["imgsz"], out / "runs")))
-    done = {(r["method"], r["seed"], r["epochs"]) for r in read_results(results)}
+    records = read_results(results)
     # Seed-major order: a partial grid still compares every method on the same seeds.
     for seed in range(seeds) if isinstance(seeds, int) else seeds:
         for name in names:
-            if (name, seed, epochs) in done:
-                continue
             overrides = dict(
                 model=str(student),
                 data=str(data[split]),
@@ -315,6 +352,9 @@ def run_benchmark(
                 **METHODS[name],
                 **(extra or {}),
             )
+            planned = record_args(check_args(split_overrides(overrides)[1]))
+            if any(is_done(r, name, seed, epochs, planned) for r in records):
+                continue
             spec = {"method": name, "seed": seed, "overrides": overrides}
             print(f"[benchmark] {track}/{split} {name} seed {seed} ({epochs} epochs)", flush=True)
             proc = subprocess.run(

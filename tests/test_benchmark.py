@@ -136,6 +136,31 @@ def test_run_benchmark_grid_resumes_and_tags(tmp_path, monkeypatch, synth_obb, t
 
     monkeypatch.setattr(benchmark.subprocess, "run", no_training)
     assert benchmark.run_benchmark("synthetic", tmp_path, **kw).read_text() == table
+    # Other DS2D2 weights are another run: `none` (which ignores them) is still done, DS2D2 trains again.
+    kw["extra"] = {"amp_epochs": 1, "lambda_exl": 0.7}
+    with pytest.raises(AssertionError, match="trained again"):
+        benchmark.run_benchmark("synthetic", tmp_path, **kw)
+
+
+def test_is_done_compares_the_settings_that_matter():
+    """A record is the planned run only with the same method, seed, epochs and method settings."""
+    shipped = benchmark.record_args(defaults() | {"distill": "ds2d2"})
+    rec = {"method": "ds2d2", "seed": 0, "epochs": 100, "args": shipped}
+    assert benchmark.is_done(rec, "ds2d2", 0, 100, dict(shipped))
+    assert not benchmark.is_done(rec, "ds2d2", 1, 100, shipped)
+    assert not benchmark.is_done(rec, "ds2d2", 0, 50, shipped)
+    assert not benchmark.is_done(rec, "ds2d2", 0, 100, shipped | {"lambda_exl": 3 * shipped["lambda_exl"]})
+    assert benchmark.is_done(rec, "ds2d2", 0, 100, shipped | {"mgd_alpha": 1.0})  # another method's key
+    none = benchmark.record_args(defaults() | {"distill": "none"})
+    rec_none = {"method": "none", "seed": 0, "epochs": 100, "args": none}
+    assert benchmark.is_done(rec_none, "none", 0, 100, none | {"lambda_imf": 9.0, "beta": 2.0})
+    cwd = benchmark.record_args(defaults() | {"distill": "cwd"})
+    rec_cwd = {"method": "cwd", "seed": 0, "epochs": 100, "args": cwd}
+    assert not benchmark.is_done(rec_cwd, "cwd", 0, 100, cwd | {"cwd_tau": 4.0})
+    # Records from before `args`: untagged ones ran their folder's settings; tagged ones from a merge cannot say.
+    legacy = {"method": "ds2d2", "seed": 0, "epochs": 100}
+    assert benchmark.is_done(legacy, "ds2d2", 0, 100, shipped)
+    assert not benchmark.is_done(legacy | {"config": "x3"}, "ds2d2", 0, 100, shipped)
 
 
 def test_write_report_gap_undefined_when_teacher_equals_none(tmp_path):

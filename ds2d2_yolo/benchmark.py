@@ -410,6 +410,12 @@ def write_report(out: Path, track: str, split: str) -> Path:
         "| method | seeds | mAP50 | mAP50-95 | gap closure (mAP50) | s/step | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|",
     ]
+    table = out / "table.md"
+    if not rows:  # every run failed, or none has finished: say so rather than print an empty table
+        msg = f"No finished runs in {out / 'results.jsonl'} yet; a failed run leaves its log in {out / 'runs'}."
+        table.write_text(f"{msg}\n")
+        print(msg)
+        return table
     rank = {m: i for i, m in enumerate(METHODS)}
     order = sorted(by, key=lambda k: (rank.get(by[k][0]["method"], len(rank)), k))
     for m in order:
@@ -431,7 +437,6 @@ def write_report(out: Path, track: str, split: str) -> Path:
         "",
         *_per_seed_lines(by, order),
     ]
-    table = out / "table.md"
     table.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(by, order, teacher, out / "plot.png", f"{track} / {split}")

@@ -163,6 +163,13 @@ def test_is_done_compares_the_settings_that_matter():
     assert not benchmark.is_done(legacy | {"config": "x3"}, "ds2d2", 0, 100, shipped)
 
 
+def test_write_report_without_runs_says_so(tmp_path):
+    """A grid whose runs all failed gets a sentence pointing at the logs, not an empty table."""
+    (tmp_path / "results.jsonl").write_text("")
+    text = benchmark.write_report(tmp_path, "synthetic", "tune").read_text()
+    assert text.startswith("No finished runs") and str(tmp_path / "runs") in text and "|" not in text
+
+
 def test_write_report_gap_undefined_when_teacher_equals_none(tmp_path):
     """No gap to close (teacher no better than none) prints a dash instead of dividing by zero."""
     rows = [_record("none", 0, 0.0, 0.0), _record("ds2d2", 0, 0.0, 0.0)]

@@ -41,6 +41,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "x10": ("ds2d2", scaled(10)),
     "implicit-heavy": ("ds2d2", scaled(1, lambda_imf=1.0, lambda_imh=0.5)),
     "explicit-heavy": ("ds2d2", scaled(1, lambda_exl=0.5, lambda_exh=1.0)),
+    "beta0.5": ("ds2d2", {"beta": 0.5}),
     "beta2": ("ds2d2", {"beta": 2.0}),
     "disw-hbb": ("ds2d2", {"disw": "hbb"}),
     "amp10": ("ds2d2", {"amp_epochs": 10}),

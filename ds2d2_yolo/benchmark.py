@@ -306,6 +306,8 @@ def run_benchmark(
     bad = [m for m in names if m not in METHODS]
     if bad:
         raise ValueError(f"method '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
+    for name in names:  # a bad DS2D2 key or value in `extra` fails here, before any data or teacher work
+        check_args(split_overrides({**METHODS[name], **(extra or {})})[1])
     cfg = TRACKS[track]
     epochs = int(epochs or cfg["epochs"])
     out = Path(out).resolve() / (f"{track}-{split}-{tag}" if tag else f"{track}-{split}")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ds2d2_yolo import benchmark
-from ds2d2_yolo.config import defaults
+from ds2d2_yolo.config import DS2D2ArgError, defaults
 
 
 def _record(method: str, seed: int, m50: float, m95: float, step: float = 1.0, rss: float = 100.0) -> dict:
@@ -103,6 +103,8 @@ def test_run_benchmark_rejects_bad_input_first(tmp_path):
         benchmark.run_benchmark("synthetic", tmp_path, methods="none,bogus")
     with pytest.raises(ValueError, match="track 'coco' is unknown"):
         benchmark.run_benchmark("coco", tmp_path)
+    with pytest.raises(DS2D2ArgError, match="'beta=-1' must be finite and >= 0"):
+        benchmark.run_benchmark("synthetic", tmp_path, methods="ds2d2", extra={"beta": -1})
     assert not any(tmp_path.iterdir())
 
 

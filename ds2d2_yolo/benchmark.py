@@ -306,8 +306,9 @@ def run_benchmark(
     bad = [m for m in names if m not in METHODS]
     if bad:
         raise ValueError(f"method '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
-    for name in names:  # a bad DS2D2 key or value in `extra` fails here, before any data or teacher work
-        check_args(split_overrides({**METHODS[name], **(extra or {})})[1])
+    # Each method's resolved settings, for the resume check; a bad DS2D2 key or value in `extra` fails here, before any
+    # data or teacher work. The per-run overrides add only paths and Ultralytics keys, so these are the runs' settings.
+    planned = {n: record_args(check_args(split_overrides({**METHODS[n], **(extra or {})})[1])) for n in names}
     cfg = TRACKS[track]
     epochs = int(epochs or cfg["epochs"])
     out = Path(out).resolve() / (f"{track}-{split}-{tag}" if tag else f"{track}-{split}")
@@ -331,6 +332,8 @@ def run_benchmark(
     # Seed-major order: a partial grid still compares every method on the same seeds.
     for seed in range(seeds) if isinstance(seeds, int) else seeds:
         for name in names:
+            if any(is_done(r, name, seed, epochs, planned[name]) for r in records):
+                continue
             overrides = dict(
                 model=str(student),
                 data=str(data[split]),
@@ -354,9 +357,6 @@ def run_benchmark(
                 **METHODS[name],
                 **(extra or {}),
             )
-            planned = record_args(check_args(split_overrides(overrides)[1]))
-            if any(is_done(r, name, seed, epochs, planned) for r in records):
-                continue
             spec = {"method": name, "seed": seed, "overrides": overrides}
             print(f"[benchmark] {track}/{split} {name} seed {seed} ({epochs} epochs)", flush=True)
             proc = subprocess.run(
@@ -400,6 +400,12 @@ def row_label(record: dict[str, Any]) -> str:
 def write_report(out: Path, track: str, split: str) -> Path:
     """Rebuild `table.md` and `plot.png` from results.jsonl: mean ± std over seeds per method (and config tag)."""
     rows = read_results(out / "results.jsonl")
+    table = out / "table.md"
+    if not rows:  # every run failed, or none has finished: say so rather than print an empty table
+        msg = f"No finished runs in {out / 'results.jsonl'} yet; a failed run leaves its log in {out / 'runs'}."
+        table.write_text(f"{msg}\n")
+        print(msg)
+        return table
     teacher = json.loads((out / "teacher.json").read_text()) if (out / "teacher.json").exists() else {}
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -412,12 +418,6 @@ def write_report(out: Path, track: str, split: str) -> Path:
         "| method | seeds | mAP50 | mAP50-95 | gap closure (mAP50) | s/step | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|",
     ]
-    table = out / "table.md"
-    if not rows:  # every run failed, or none has finished: say so rather than print an empty table
-        msg = f"No finished runs in {out / 'results.jsonl'} yet; a failed run leaves its log in {out / 'runs'}."
-        table.write_text(f"{msg}\n")
-        print(msg)
-        return table
     rank = {m: i for i, m in enumerate(METHODS)}
     order = sorted(by, key=lambda k: (rank.get(by[k][0]["method"], len(rank)), k))
     for m in order:

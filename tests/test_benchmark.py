@@ -17,15 +17,20 @@ def _record(method: str, seed: int, m50: float, m95: float, step: float = 1.0, r
     return {"method": method, "seed": seed, "mAP50": m50, "mAP50-95": m95, "s_per_step": step, "peak_rss_mb": rss}
 
 
+def _rows(table: str, method: str) -> list[list[str]]:
+    """Cells of every row of `method`, one per table of the report, in order."""
+    lines = [x for x in table.splitlines() if x.startswith(f"| {method} |")]
+    return [[c.strip() for c in x.strip("|").split("|")] for x in lines]
+
+
 def _row(table: str, method: str) -> list[str]:
-    line = next(x for x in table.splitlines() if x.startswith(f"| {method} |"))
-    return [c.strip() for c in line.strip("|").split("|")]
+    """Cells of the method's row in the main table, the first of the report."""
+    return _rows(table, method)[0]
 
 
 def _paired(table: str, method: str) -> list[str]:
     """Cells of the method's row in the paired-difference table, the last table of the report."""
-    line = [x for x in table.splitlines() if x.startswith(f"| {method} |")][-1]
-    return [c.strip() for c in line.strip("|").split("|")]
+    return _rows(table, method)[-1]
 
 
 def test_write_report_statistics(tmp_path):

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -397,8 +398,19 @@ def row_label(record: dict[str, Any]) -> str:
     return f"{record['method']} ({record['config']})" if record.get("config") else record["method"]
 
 
-def write_report(out: Path, track: str, split: str) -> Path:
-    """Rebuild `table.md` and `plot.png` from results.jsonl: mean ± std over seeds per method (and config tag)."""
+def write_report(out: Path, track: str, split: str, against: Sequence[str] = ()) -> Path:
+    """Rebuild `table.md` and `plot.png` from results.jsonl: mean ± std over seeds per method (and config tag).
+
+    Args:
+        out (Path): Folder holding results.jsonl (and teacher.json); the table and plot are written there.
+        track (str): Track name, for the table's heading.
+        split (str): Split name, for the table's heading.
+        against (Sequence[str]): Row labels (e.g. `ds2d2 (x1)`) to pair every other row with, seed by seed, in a
+            table of their own after the one against `none`: the comparison a default is chosen by.
+
+    Returns:
+        (Path): The written `table.md`.
+    """
     rows = read_results(out / "results.jsonl")
     table = out / "table.md"
     if not rows:  # every run failed, or none has finished: say so rather than print an empty table
@@ -410,6 +422,11 @@ def write_report(out: Path, track: str, split: str) -> Path:
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(row_label(r), []).append(r)
+    missing = [a for a in against if a not in by]
+    if missing:
+        raise ValueError(
+            f"against='{missing[0]}' has no runs in {out / 'results.jsonl'}; choose from {', '.join(sorted(by))}"
+        )
     none50 = _stats([r["mAP50"] for r in by.get("none", [])])[0]
     lines = [
         f"Track `{track}`, split `{split}`; teacher mAP50 {teacher.get('mAP50', float('nan')):.3f}, "
@@ -437,7 +454,7 @@ def write_report(out: Path, track: str, split: str) -> Path:
         "± is the standard deviation over seeds (none shown for a single seed); gap closure = (method − none) / "
         "(teacher − none) on mAP50.",
         "",
-        *_per_seed_lines(by, order),
+        *_per_seed_lines(by, order, against),
     ]
     table.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -445,8 +462,8 @@ def write_report(out: Path, track: str, split: str) -> Path:
     return table
 
 
-def _per_seed_lines(by: dict[str, list[dict]], order: list[str]) -> list[str]:
-    """Per-seed mAP table, then each method's difference to `none` paired by seed.
+def _per_seed_lines(by: dict[str, list[dict]], order: list[str], against: Sequence[str] = ()) -> list[str]:
+    """Per-seed mAP table, then each method's difference to `none` (and to each row in `against`) paired by seed.
 
     Pairing by seed removes the part of the spread that every method shares on a seed (the same initial student,
     the same augmentation draws), so it resolves smaller differences than comparing means does.
@@ -462,17 +479,23 @@ def _per_seed_lines(by: dict[str, list[dict]], order: list[str]) -> list[str]:
     for s in seeds:
         cells = [f"{val[m][s]['mAP50']:.3f} ({val[m][s]['mAP50-95']:.3f})" if s in val[m] else "—" for m in order]
         lines.append(f"| {s} | {' | '.join(cells)} |")
-    if "none" not in val:
-        return lines
-    lines += [
+    for ref in dict.fromkeys(["none", *against]):
+        if ref in val:
+            lines += _paired_lines(val, order, seeds, ref)
+    return lines
+
+
+def _paired_lines(val: dict[str, dict[int, dict]], order: list[str], seeds: list[int], ref: str) -> list[str]:
+    """Every other row's mAP difference to row `ref` over the seeds both ran: mean ± std, and seeds ahead."""
+    lines = [
         "",
-        "Difference to `none` on the same seeds (mean ± std of the per-seed differences):",
+        f"Difference to `{ref}` on the same seeds (mean ± std of the per-seed differences):",
         "",
-        "| method | paired seeds | mAP50 − none | mAP50-95 − none | seeds ahead of none (mAP50) |",
+        f"| method | paired seeds | mAP50 − {ref} | mAP50-95 − {ref} | seeds ahead of {ref} (mAP50) |",
         "|---|---|---|---|---|",
     ]
-    base = val["none"]
-    for m in (m for m in order if m != "none"):
+    base = val[ref]
+    for m in (m for m in order if m != ref):
         common = [
             s for s in seeds if s in val[m] and s in base and math.isfinite(val[m][s]["mAP50"] - base[s]["mAP50"])
         ]

@@ -4,12 +4,13 @@ Each configuration is a set of DS2D2 overrides trained with the benchmark's own 
 augmentation) on the track's tuning split, with seeds the report grid does not use. Results go to
 `<out>/<track>-tune-<config>/results.jsonl`, so the sweep can be interrupted and continued; the summary
 (`<out>/<track>-tune-summary/`: the merged records, the benchmark's table and plot) pairs every configuration with
-`none` seed by seed.
+`none` seed by seed, and with each configuration named by `--against` (the current default, say).
 
 Usage:
     python examples/tune_defaults.py                          # synthetic track, every configuration, seeds 3 and 4
     python examples/tune_defaults.py --configs none,default,x3 --seeds 3,4,5
     python examples/tune_defaults.py --track dota --configs none,default,x3 --seeds 3
+    python examples/tune_defaults.py --track dota --summary-only --against x1   # also pair every config with x1
 """
 
 from __future__ import annotations
@@ -49,11 +50,16 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 
-def summary(out: Path, track: str, names: list[str]) -> str:
+def label(name: str) -> str:
+    """The summary table's row for a configuration: `none`, or its DS2D2 record tagged with the name."""
+    return "none" if CONFIGS[name][0] == "none" else f"ds2d2 ({name})"
+
+
+def summary(out: Path, track: str, names: list[str], against: list[str] | None = None) -> str:
     """Gather the configurations' records into `<out>/<track>-tune-summary/` and rebuild the benchmark report there.
 
     Each DS2D2 record is tagged with its configuration, so the report gives it its own row (e.g. `ds2d2 (x1)`) and
-    pairs it with `none` seed by seed, over the seeds both ran.
+    pairs it with `none` seed by seed, over the seeds both ran; and with each configuration in `against` likewise.
     """
     merged = out / f"{track}-tune-summary"
     merged.mkdir(parents=True, exist_ok=True)
@@ -65,7 +71,7 @@ def summary(out: Path, track: str, names: list[str]) -> str:
         if (folder / "teacher.json").exists():  # every configuration scores on the same split with the same teacher
             shutil.copyfile(folder / "teacher.json", merged / "teacher.json")
     (merged / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return write_report(merged, track, "tune").read_text()
+    return write_report(merged, track, "tune", [label(n) for n in against or []]).read_text()
 
 
 def main() -> None:
@@ -77,9 +83,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--against", default="", help="comma-separated configs to pair every other one with, e.g. x1")
     a = ap.parse_args()
     names = a.configs.split(",")
-    unknown = [n for n in names if n not in CONFIGS]
+    against = [n for n in a.against.split(",") if n]
+    unknown = [n for n in names + against if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown config '{unknown[0]}'; choose from {', '.join(CONFIGS)}")
     if not a.summary_only:
@@ -87,7 +95,7 @@ def main() -> None:
             method, extra = CONFIGS[name]
             seeds = [int(s) for s in a.seeds.split(",")]
             run_benchmark(a.track, a.out, seeds, a.epochs, method, split="tune", extra=extra, tag=name)
-    summary(Path(a.out).resolve(), a.track, list(CONFIGS))  # prints the table as it writes it
+    summary(Path(a.out).resolve(), a.track, list(CONFIGS), against)  # prints the table as it writes it
 
 
 if __name__ == "__main__":

@@ -95,6 +95,36 @@ def test_write_report_separates_config_tags(tmp_path):
     assert _paired(table, "ds2d2 (x3)")[2:5] == ["-0.050 ± 0.000", "+0.000 ± 0.000", "0/3"]
 
 
+def test_write_report_pairs_against_a_chosen_row(tmp_path):
+    """`against` adds a table pairing every other row with the chosen one; a label without runs fails first."""
+    none, x1, x3 = [0.20, 0.30, 0.25], [0.31, 0.38, 0.33], [0.29, 0.40, 0.30]
+    rows = [_record("none", s, v, v / 2) for s, v in enumerate(none)]
+    rows += [{**_record("ds2d2", s, v, v / 2), "config": "x1"} for s, v in enumerate(x1)]
+    rows += [{**_record("ds2d2", s, v, v / 3), "config": "x3"} for s, v in enumerate(x3)]
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=r"against='ds2d2 \(x7\)' has no runs"):
+        benchmark.write_report(tmp_path, "dota", "tune", against=["ds2d2 (x7)"])
+    assert not (tmp_path / "table.md").exists()
+
+    table = benchmark.write_report(tmp_path, "dota", "tune", against=["ds2d2 (x1)"]).read_text()
+    ref_table = table[table.index("Difference to `ds2d2 (x1)`") :]
+    assert "| method | paired seeds | mAP50 − ds2d2 (x1) | mAP50-95 − ds2d2 (x1) |" in ref_table
+    assert "| ds2d2 (x1) |" not in ref_table  # a row is not paired with itself
+    d50 = np.array(x3) - np.array(x1)
+    d95 = np.array(x3) / 3 - np.array(x1) / 2
+    assert _paired(table, "ds2d2 (x3)")[1:5] == [
+        "0,1,2",
+        f"{d50.mean():+.3f} ± {d50.std(ddof=1):.3f}",
+        f"{d95.mean():+.3f} ± {d95.std(ddof=1):.3f}",
+        f"{int((d50 > 0).sum())}/3",
+    ]
+    d_none = np.array(none) - np.array(x1)
+    assert _paired(table, "none")[2] == f"{d_none.mean():+.3f} ± {d_none.std(ddof=1):.3f}"
+    # The table against `none` is unchanged by the extra one.
+    d_x3 = np.array(x3) - np.array(none)
+    assert _rows(table, "ds2d2 (x3)")[-2][2] == f"{d_x3.mean():+.3f} ± {d_x3.std(ddof=1):.3f}"
+
+
 def test_write_report_ignores_nan_runs(tmp_path):
     """A run whose metric is NaN does not poison the mean of the others."""
     rows = [_record("none", 0, 0.2, 0.1), _record("none", 1, float("nan"), float("nan")), _record("none", 2, 0.4, 0.2)]
@@ -219,3 +249,6 @@ def test_tuning_summary_pairs_seeds(tmp_path):
         ("ds2d2", "x3", 4),
     ]
     assert (tmp_path / "synthetic-tune-summary" / "plot.png").exists()
+
+    table = mod.summary(tmp_path, "synthetic", list(mod.CONFIGS), against=["x3"])
+    assert _paired(table, "none")[1:3] == ["3,4", f"{-d50.mean():+.3f} ± {d50.std(ddof=1):.3f}"]

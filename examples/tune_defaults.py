@@ -20,7 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ds2d2_yolo.benchmark import read_results, run_benchmark, write_report
+from ds2d2_yolo.benchmark import read_results, row_label, run_benchmark, write_report
 
 # The magnitude-balanced weights exl 0.1, exh 0.2, imf 0.25, imh 0.1: what cfg/ds2d2.yaml ships (real tuning split).
 BASE = {"lambda_exl": 0.1, "lambda_exh": 0.2, "lambda_imf": 0.25, "lambda_imh": 0.1}
@@ -52,7 +52,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 
 def label(name: str) -> str:
     """The summary table's row for a configuration: `none`, or its DS2D2 record tagged with the name."""
-    return "none" if CONFIGS[name][0] == "none" else f"ds2d2 ({name})"
+    method = CONFIGS[name][0]
+    return row_label({"method": method, "config": None if method == "none" else name})
 
 
 def summary(out: Path, track: str, names: list[str], against: list[str] | None = None) -> str:

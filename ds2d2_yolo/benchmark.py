@@ -285,6 +285,7 @@ def run_benchmark(
     split: str = "report",
     extra: dict[str, Any] | None = None,
     tag: str = "",
+    against: str | Sequence[str] = (),
 ) -> Path:
     """Run the grid (skipping runs results.jsonl already holds with the same settings), then write the table and plot.
 
@@ -297,6 +298,8 @@ def run_benchmark(
         split (str): "report" (held-out images) or "tune" (for choosing defaults).
         extra (dict | None): Extra overrides for every run (e.g. DS2D2 weights while tuning).
         tag (str): Suffix of the results folder, so each tuning configuration keeps its own records.
+        against (str | Sequence[str]): Comma-separated rows (e.g. `ds2d2`) to pair every other row with, seed by
+            seed, besides `none`; each must be a method of this grid or a row results.jsonl already holds.
 
     Returns:
         (Path): The markdown table file.
@@ -312,7 +315,9 @@ def run_benchmark(
     planned = {n: record_args(check_args(split_overrides({**METHODS[n], **(extra or {})})[1])) for n in names}
     cfg = TRACKS[track]
     epochs = int(epochs or cfg["epochs"])
-    out = Path(out).resolve() / (f"{track}-{split}-{tag}" if tag else f"{track}-{split}")
+    out = results_folder(out, track, split, tag)
+    refs = check_against(out, names, against)  # before any data, teacher or training work
+    results = out / "results.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     from ds2d2_yolo.models import scaled_model_yaml
 
@@ -325,7 +330,6 @@ def run_benchmark(
         teacher = data["teacher"]
         nc = 3
     student = scaled_model_yaml("yolov8-obb.yaml", 0.33, cfg["width"], nc=nc, out=out / "student-obb.yaml")
-    results = out / "results.jsonl"
     tfile = out / "teacher.json"
     if not tfile.exists():
         tfile.write_text(json.dumps(teacher_map(teacher, data[split], cfg["imgsz"], out / "runs")))
@@ -371,7 +375,31 @@ def run_benchmark(
                 continue
             with open(results, "a") as f:
                 f.write(lines[-1] + "\n")
-    return write_report(out, track, split)
+    done = {row_label(r) for r in read_results(results)}
+    for a in (a for a in refs if a not in done):
+        print(f"[benchmark] against='{a}' has no finished runs (see the logs in {out / 'runs'}); its table is left out")
+    return write_report(out, track, split, against=[a for a in refs if a in done])
+
+
+def results_folder(out: str | Path, track: str, split: str, tag: str = "") -> Path:
+    """The folder under `out` that holds one benchmark's records, table and runs: `<track>-<split>[-<tag>]`."""
+    return Path(out).resolve() / (f"{track}-{split}-{tag}" if tag else f"{track}-{split}")
+
+
+def check_against(folder: Path, names: Sequence[str], against: str | Sequence[str]) -> list[str]:
+    """The rows to pair with (`against`, comma-separated), each a method of this grid or a row `folder` already holds.
+
+    Raises:
+        ValueError: On a row that neither this grid nor the folder's records have, naming the rows there are.
+    """
+    refs = [a for a in (against.split(",") if isinstance(against, str) else against) if a]
+    known = {*names, *(row_label(r) for r in read_results(folder / "results.jsonl"))}
+    unknown = [a for a in refs if a not in known]
+    if unknown:
+        raise ValueError(
+            f"against='{unknown[0]}' is not a row of this benchmark; choose from {', '.join(sorted(known))}"
+        )
+    return refs
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:

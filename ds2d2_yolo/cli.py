@@ -81,6 +81,7 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "methods": (None, str, None),
         "split": ("report", str, ("report", "tune")),
         "tag": ("", str, None),
+        "against": ("", str, None),
     },
 }
 REQUIRED_KEYS = {"convert": ("src", "dst"), "slice": ("model", "source"), "visualize": ("model", "teacher", "source")}
@@ -432,7 +433,14 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
         bad = [m for m in str(args["methods"] or "").split(",") if m and m not in METHODS]
         if bad:
             raise UsageError(f"'methods={args['methods']}': '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
+        from ds2d2_yolo.benchmark import check_against, results_folder
         from ds2d2_yolo.benchmark import run_benchmark as fn
+
+        names = str(args["methods"]).split(",") if args["methods"] else list(METHODS)
+        with user_errors(ValueError):
+            check_against(
+                results_folder(args["out"], args["track"], args["split"], args["tag"]), names, args["against"]
+            )
     elif mode == "demo":
         from ds2d2_yolo.demo import run_demo as fn
     else:

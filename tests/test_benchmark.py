@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 
 import cv2
 import numpy as np
@@ -140,7 +141,34 @@ def test_run_benchmark_rejects_bad_input_first(tmp_path):
         benchmark.run_benchmark("coco", tmp_path)
     with pytest.raises(DS2D2ArgError, match="'beta=-1' must be finite and >= 0"):
         benchmark.run_benchmark("synthetic", tmp_path, methods="ds2d2", extra={"beta": -1})
+    with pytest.raises(ValueError, match="against='cwd' is not a row of this benchmark; choose from none"):
+        benchmark.run_benchmark("synthetic", tmp_path, methods="none", against="cwd")
     assert not any(tmp_path.iterdir())
+
+
+def test_run_benchmark_pairs_against_rows_that_finished(tmp_path, monkeypatch, capsys):
+    """`against` adds the paired table for a row that ran; a row whose every run failed is named and left out."""
+    monkeypatch.setattr(benchmark, "prepare_synthetic", lambda out, imgsz: {"report": "d.yaml", "teacher": "t.pt"})
+    monkeypatch.setattr(benchmark, "teacher_map", lambda *a: {"mAP50": 0.9, "mAP50-95": 0.6})
+    score = {("none", 0): 0.20, ("none", 1): 0.30, ("cwd", 0): 0.25, ("cwd", 1): 0.26}
+
+    def child(cmd, **kw):  # stands in for the training subprocess: `mgd` fails, the others print their record
+        spec = json.loads(cmd[-1])
+        m, s = spec["method"], spec["seed"]
+        if m == "mgd":
+            return subprocess.CompletedProcess(cmd, 1, "", "boom")
+        rec = {"method": m, "seed": s, "mAP50": score[m, s], "mAP50-95": score[m, s] / 2, "s_per_step": 1.0}
+        rec |= {"peak_rss_mb": 1.0, "epochs": spec["overrides"]["epochs"], "args": {}}
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(rec) + "\n", "")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", child)
+    table = benchmark.run_benchmark("synthetic", tmp_path, seeds=2, methods="none,cwd,mgd", against="cwd,mgd")
+    text = table.read_text()
+    assert "against='mgd' has no finished runs" in capsys.readouterr().out
+    assert "Difference to `mgd`" not in text and "Difference to `none`" in text
+    ref = text.split("Difference to `cwd`")[1]
+    d = np.array([0.20, 0.30]) - np.array([0.25, 0.26])
+    assert f"| none | 0,1 | {d.mean():+.3f} ± {d.std(ddof=1):.3f} |" in ref
 
 
 @pytest.mark.slow

@@ -197,6 +197,7 @@ def _mistakes(m: dict[str, Path], data: Path, project: Path) -> list[tuple[list[
         (["convert", "src=no_such_dir", "dst=out"], ("no_such_dir", "not found")),
         (["benchmark", "split=val"], ("split=val", "report, tune")),
         (["benchmark", "methods=none,kd"], ("'kd' is unknown", "ds2d2")),
+        (["benchmark", "methods=none,cwd", "against=mgd"], ("against='mgd'", "cwd, none")),
     ]
 
 

@@ -73,15 +73,21 @@ class DS2D2Model(nn.Module):
 
         Args:
             student_model (nn.Module): Ultralytics DetectionModel/OBBModel to train.
-            teacher_model (nn.Module): Frozen teacher of the same task.
+            teacher_model (nn.Module): Frozen teacher of the same task (converted to channels-last in place).
             cfg (dict): Validated DS2D2 arguments (`ds2d2_yolo.config.check_args`).
-            amplifier (nn.Module | None): Trained high-frequency amplifier head (required when implicit_high is on).
+            amplifier (nn.Module | None): Trained high-frequency amplifier head (required when implicit_high is on;
+                converted to channels-last in place).
         """
         super().__init__()
         self.student_model = student_model
         self.method = cfg["distill"]
         self.cfg = dict(cfg)
         self.teacher_channels = int(teacher_model.yaml.get("channels", 3))
+        for m in (teacher_model, amplifier):
+            if m is not None:
+                # The frozen modules only infer and pass input gradients: channels-last convolutions do the same
+                # maths (to float rounding) and made the teacher forward ~40 % cheaper on CPU (oneDNN).
+                m.to(memory_format=torch.channels_last)
         self._hide("teacher_model", teacher_model)
         self._hide("amplifier", amplifier)
         self.skipped: dict[str, int] = {}

@@ -82,9 +82,8 @@ def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
     assert set(ckpt["ds2d2"]["connectors"]) >= {k for k in m.state_dict() if k.startswith("adapters.")}
 
 
-def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, synth_obb):
-    """Backward through the DS2D2 terms alone: student neck and adapters get gradient; teacher, amplifier and the
-    student's own head get none (the student head learns from the ground truth only)."""
+def _tiny_ds2d2(tiny_models, synth_obb):
+    """A DS2D2 wrapper on the tiny OBB student and teacher, with a one-epoch amplifier and one real batch."""
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.nn.tasks import OBBModel, load_checkpoint
@@ -92,7 +91,6 @@ def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, syn
     from ds2d2_yolo.amplifier import train_amplifier
     from ds2d2_yolo.config import check_args
     from ds2d2_yolo.distiller import DS2D2Model
-    from ds2d2_yolo.hooks import capture_head_inputs, head_features
 
     student = OBBModel(str(tiny_models["obb_student"]), nc=3, verbose=False)
     teacher = load_checkpoint(str(tiny_models["obb_teacher"]))[0].float().eval()
@@ -107,11 +105,23 @@ def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, syn
     batch["img"] = batch["img"].float() / 255
     amp = train_amplifier(teacher, deepcopy(teacher.model[-1]), lambda: [batch], args, epochs=1)
     model = DS2D2Model(student, teacher, check_args({}), amplifier=amp).train()
+    return model, student, teacher, amp, batch
+
+
+def _terms(model, batch):
+    from ds2d2_yolo.hooks import capture_head_inputs, head_features
 
     store = {}
-    with capture_head_inputs(student, store, "s"):
-        student(batch["img"])
-    terms = model.distill_terms(store["s"], head_features(teacher, batch["img"]), batch)
+    with capture_head_inputs(model.student_model, store, "s"):
+        model.student_model(batch["img"])
+    return model.distill_terms(store["s"], head_features(model.teacher_model, batch["img"]), batch)
+
+
+def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, synth_obb):
+    """Backward through the DS2D2 terms alone: student neck and adapters get gradient; teacher, amplifier and the
+    student's own head get none (the student head learns from the ground truth only)."""
+    model, student, teacher, amp, batch = _tiny_ds2d2(tiny_models, synth_obb)
+    terms = _terms(model, batch)
     assert set(terms) == {"ex_low", "ex_high", "im_full", "im_high"}
     sum(terms.values()).backward()
 
@@ -122,6 +132,47 @@ def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, syn
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapters.parameters())
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is None for p in amp.parameters())
+
+
+def test_channels_last_frozen_modules_change_nothing_but_layout(tiny_models, synth_obb):
+    """The wrapper stores the frozen teacher and amplifier channels-last; their outputs, the terms and the adapters'
+    gradients match those computed with the same modules in the default layout."""
+    from ds2d2_yolo.hooks import detection_head, head_features
+
+    model, _, teacher, amp, batch = _tiny_ds2d2(tiny_models, synth_obb)
+    convs = [m.weight for net in (teacher, amp) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(w.is_contiguous() for w in convs)  # a real layout change (1x1 kernels are both)
+    head = detection_head(teacher)
+    results = []
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        teacher.to(memory_format=fmt)
+        amp.to(memory_format=fmt)
+        with torch.no_grad():
+            feats = head_features(teacher, batch["img"])
+            outs = [
+                *feats,
+                *head.forward_head(feats, **head.one2many).values(),
+                *amp.forward_head(feats, **amp.one2many).values(),
+            ]
+        model.zero_grad(set_to_none=True)
+        terms = _terms(model, batch)
+        sum(terms.values()).backward()
+        grads = [p.grad.clone() for p in model.adapters.parameters()]
+        results.append((outs, {k: v.item() for k, v in terms.items()}, grads))
+    (o_cl, t_cl, g_cl), (o_ref, t_ref, g_ref) = results
+
+    def close(a, b, rel):
+        return (a - b).abs().max() <= rel * b.abs().max()
+
+    assert all(close(a, b, 1e-5) for a, b in zip(o_cl, o_ref) if torch.is_tensor(a))
+    assert t_cl["ex_low"] == pytest.approx(t_ref["ex_low"], rel=1e-5)
+    assert t_cl["ex_high"] == pytest.approx(t_ref["ex_high"], rel=1e-5)
+    # The untrained head's class prior (bias ~ -10) dominates both sides' logits, so the quality-focal gap
+    # |sigma(z_s) - sigma(z_t)| is a difference of near-equal numbers and carries their rounding ~1e3-fold.
+    assert t_cl["im_full"] == pytest.approx(t_ref["im_full"], rel=5e-2)
+    assert t_cl["im_high"] == pytest.approx(t_ref["im_high"], rel=5e-2)
+    assert all(close(a, b, 1e-3) for a, b in zip(g_cl, g_ref))
 
 
 def test_best_pt_loads_without_package(tmp_path, tiny_models, synth_obb):

@@ -8,7 +8,9 @@ batches are built, so the figure is the peak while training steps run.
     python -m ds2d2_yolo.bench_step --data runs/bench/report.yaml --teacher ../shared/weights/yolov8n-obb-dota.pt
 
 `--methods` adds the benchmark's other methods (cwd, mgd, the DS2D2 ablations) as rows, which shows what each
-DS2D2 stream costs: `ds2d2-explicit` runs no head passes, `ds2d2-implicit` no DWT losses.
+DS2D2 stream costs: `ds2d2-explicit` runs no head passes, `ds2d2-implicit` no DWT losses. A `@nchw` suffix (e.g.
+`ds2d2@nchw`) runs a method with its frozen teacher and amplifier in PyTorch's default layout instead of the
+channels-last one the wrapper stores them in, which shows what that layout saves.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
+
+NCHW = "@nchw"  # method suffix: the frozen modules in the default memory layout
 
 
 def _batches(data: str, imgsz: int, batch: int, n: int) -> list[dict]:
@@ -49,9 +53,12 @@ def check_methods(methods: str) -> list[str]:
     from ds2d2_yolo.benchmark import METHODS
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    bad = [m for m in names if m not in METHODS]
+    bad = [m for m in names if m.removesuffix(NCHW) not in METHODS]
     if bad:
         raise ValueError(f"method '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
+    plain = [m for m in names if m.endswith(NCHW) and m.removesuffix(NCHW) in ("native", "none")]
+    if plain:
+        raise ValueError(f"'{plain[0]}': {NCHW} applies to this package's wrappers only; drop it for native and none")
     if "native" not in names:
         raise ValueError(f"--methods {methods} lacks 'native', the reference every ratio is taken against; add it")
     return list(dict.fromkeys(names))
@@ -59,6 +66,12 @@ def check_methods(methods: str) -> list[str]:
 
 def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> torch.nn.Module:
     """A training-mode wrapper for a benchmark method ("native", "none", "cwd", "ds2d2", ...) on a seeded student."""
+    if method.endswith(NCHW):
+        model = build(method.removesuffix(NCHW), student_yaml, teacher, imgsz, nc)
+        for m in (model.teacher_model, model.amplifier):
+            if m is not None:
+                m.to(memory_format=torch.contiguous_format)
+        return model
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.distill_model import DistillationModel
     from ultralytics.nn.tasks import OBBModel

@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from ds2d2_yolo import bench_step
 
@@ -37,16 +38,30 @@ def test_bench_step_rows_per_method(tiny_models, synth_obb, capsys):
 
 
 def test_bench_step_models_follow_the_method(tiny_models):
-    """The explicit-only ablation carries no amplifier; full DS2D2 does; CWD is a CWD wrapper."""
+    """The explicit-only ablation carries no amplifier; full DS2D2 does; CWD is a CWD wrapper; `@nchw` keeps the
+    frozen modules in the default layout that the wrapper otherwise turns channels-last."""
     args = (str(tiny_models["obb_student"]), str(tiny_models["obb_teacher"]), 64, 3)
     assert bench_step.build("ds2d2-explicit", *args).amplifier is None
     assert bench_step.build("ds2d2", *args).amplifier is not None
     assert bench_step.build("cwd", *args).method == "cwd"
+    full, nchw = bench_step.build("ds2d2", *args), bench_step.build("ds2d2@nchw", *args)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(full))
+    assert all(w.is_contiguous() for w in _conv_weights(nchw))
+    assert not all(w.is_contiguous() for w in _conv_weights(full))  # the two layouts really differ
+
+
+def _conv_weights(model):
+    nets = (model.teacher_model, model.amplifier)
+    return [c.weight for m in nets for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
 
 
 @pytest.mark.parametrize(
     "methods, msg",
-    [("native,ds2d3", "method 'ds2d3' is unknown"), ("ds2d2,none", "lacks 'native'")],
+    [
+        ("native,ds2d3", "method 'ds2d3' is unknown"),
+        ("ds2d2,none", "lacks 'native'"),
+        ("native@nchw,ds2d2", "'native@nchw': @nchw applies to this package's wrappers only"),
+    ],
 )
 def test_bench_step_bad_methods(methods, msg, capsys):
     """Unknown methods or a list without the reference exit with a one-line message before loading anything."""

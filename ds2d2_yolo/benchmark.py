@@ -306,7 +306,7 @@ def run_benchmark(
     """
     if track not in TRACKS:
         raise ValueError(f"track '{track}' is unknown; choose one of {', '.join(TRACKS)}")
-    names = methods.split(",") if isinstance(methods, str) else list(methods or METHODS)
+    names = method_names(methods)
     bad = [m for m in names if m not in METHODS]
     if bad:
         raise ValueError(f"method '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
@@ -379,6 +379,11 @@ def run_benchmark(
     for a in (a for a in refs if a not in done):
         print(f"[benchmark] against='{a}' has no finished runs (see the logs in {out / 'runs'}); its table is left out")
     return write_report(out, track, split, against=[a for a in refs if a in done])
+
+
+def method_names(methods: str | Sequence[str] | None) -> list[str]:
+    """The methods a grid runs: a comma-separated string or a list as given; every method for None or an empty list."""
+    return methods.split(",") if isinstance(methods, str) else list(methods or METHODS)
 
 
 def results_folder(out: str | Path, track: str, split: str, tag: str = "") -> Path:

@@ -428,15 +428,13 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
             raise UsageError(f"slice: source image '{args['source']}' not found")
         from ds2d2_yolo.sliced import run_slice as fn
     elif mode == "benchmark":
-        from ds2d2_yolo.benchmark import METHODS
-
-        bad = [m for m in str(args["methods"] or "").split(",") if m and m not in METHODS]
-        if bad:
-            raise UsageError(f"'methods={args['methods']}': '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
-        from ds2d2_yolo.benchmark import check_against, results_folder
+        from ds2d2_yolo.benchmark import METHODS, check_against, method_names, results_folder
         from ds2d2_yolo.benchmark import run_benchmark as fn
 
-        names = str(args["methods"]).split(",") if args["methods"] else list(METHODS)
+        names = method_names(args["methods"])
+        bad = [m for m in names if m and m not in METHODS]
+        if bad:
+            raise UsageError(f"'methods={args['methods']}': '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
         with user_errors(ValueError):
             check_against(
                 results_folder(args["out"], args["track"], args["split"], args["tag"]), names, args["against"]

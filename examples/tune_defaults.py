@@ -46,6 +46,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "beta2": ("ds2d2", {"beta": 2.0}),
     "disw-hbb": ("ds2d2", {"disw": "hbb"}),
     "amp10": ("ds2d2", {"amp_epochs": 10}),
+    # The reference's 24 amplifier epochs: 3 epochs of the 107 DOTA-mini training tiles are only 21 optimizer steps.
+    "amp24": ("ds2d2", {"amp_epochs": 24}),
+    # x1 again, in its own folder: what float rounding alone (another CPU, the channels-last wrapper) does to a run.
+    "x1-rerun": ("ds2d2", scaled(1)),
     "x3-beta2": ("ds2d2", scaled(3, beta=2.0)),
 }
 

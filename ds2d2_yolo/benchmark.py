@@ -209,10 +209,22 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     trainer.add_callback("on_train_batch_start", start)
     trainer.add_callback("on_train_batch_end", end)
+    every, epochs = int(spec.get("val_every", 0)), int(spec["overrides"]["epochs"])
+    # Validate every `every` epochs for the curve, and on each of the last 5 for the plateau mean; results.csv repeats
+    # the last metrics on the other epochs, so only these rows are read back.
+    validated = {e for e in range(1, epochs + 1) if every and (e % every == 0 or e > epochs - 5)} | {epochs}
+    if every:
+
+        def schedule(tr):
+            tr.args.val = tr.epoch + 1 in validated
+
+        trainer.add_callback("on_train_epoch_end", schedule)
     t = time.perf_counter()
     trainer.train()
     m = trainer.metrics
     warm = steps[min(len(steps) - 1, 3) :]  # the first steps include lazy initialisation
+    curve = [c for c in validation_curve(Path(trainer.save_dir) / "results.csv") if c["epoch"] in validated]
+    last5 = [c for c in curve if c["epoch"] > epochs - 5] if every else []
     return {
         "method": spec["method"],
         "seed": spec["seed"],
@@ -226,7 +238,50 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
         # The resolved method settings (cfg/ds2d2.yaml under the overrides), so a record still says what it ran
         # after the shipped defaults change.
         "args": record_args(trainer.ds2d2),
+        "nbs": int(trainer.args.nbs),
+        "batch": int(trainer.args.batch),
+        "optimizer_updates": optimizer_updates(trainer),
+        "mAP50_last5": statistics.fmean(c["mAP50"] for c in last5) if last5 else float("nan"),
+        "mAP50-95_last5": statistics.fmean(c["mAP50-95"] for c in last5) if last5 else float("nan"),
+        "curve": curve,
+        "commit": spec.get("commit") or git_commit(),
+        "settings": {k: v for k, v in spec["overrides"].items() if k not in ("model", "data", "teacher", "project")},
     }
+
+
+def optimizer_updates(trainer: Any) -> int:
+    """Optimizer steps the run took: Ultralytics accumulates gradients to `nbs` images before each step."""
+    accumulate = max(round(trainer.args.nbs / trainer.batch_size), 1)
+    return int(trainer.epochs * math.ceil(len(trainer.train_loader) / accumulate))
+
+
+def validation_curve(csv: Path) -> list[dict[str, float]]:
+    """The epochs Ultralytics validated (results.csv rows with a metric), as epoch, mAP50, mAP50-95."""
+    import csv as _csv
+
+    if not csv.exists():
+        return []
+    out = []
+    with open(csv, newline="") as f:
+        for row in _csv.DictReader(f):
+            row = {k.strip(): v.strip() for k, v in row.items() if k}
+            m50, m95 = row.get("metrics/mAP50(B)"), row.get("metrics/mAP50-95(B)")
+            try:
+                out.append({"epoch": int(float(row["epoch"])), "mAP50": float(m50), "mAP50-95": float(m95)})
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out
+
+
+def git_commit() -> str:
+    """The commit this code runs from, with `+dirty` when tracked files differ from it ("unknown" outside git)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def record_args(ds2d2: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +341,9 @@ def run_benchmark(
     extra: dict[str, Any] | None = None,
     tag: str = "",
     against: str | Sequence[str] = (),
+    val_every: int = 0,
+    student: str | Path | None = None,
+    config: str = "",
 ) -> Path:
     """Run the grid (skipping runs results.jsonl already holds with the same settings), then write the table and plot.
 
@@ -329,11 +387,13 @@ def run_benchmark(
         data = prepare_synthetic(out.parent, cfg["imgsz"])
         teacher = data["teacher"]
         nc = 3
-    student = scaled_model_yaml("yolov8-obb.yaml", 0.33, cfg["width"], nc=nc, out=out / "student-obb.yaml")
+    if student is None:
+        student = scaled_model_yaml("yolov8-obb.yaml", 0.33, cfg["width"], nc=nc, out=out / "student-obb.yaml")
     tfile = out / "teacher.json"
     if not tfile.exists():
         tfile.write_text(json.dumps(teacher_map(teacher, data[split], cfg["imgsz"], out / "runs")))
     records = read_results(results)
+    commit = git_commit()
     # Seed-major order: a partial grid still compares every method on the same seeds.
     for seed in range(seeds) if isinstance(seeds, int) else seeds:
         for name in names:
@@ -362,7 +422,7 @@ def run_benchmark(
                 **METHODS[name],
                 **(extra or {}),
             )
-            spec = {"method": name, "seed": seed, "overrides": overrides}
+            spec = {"method": name, "seed": seed, "overrides": overrides, "val_every": val_every, "commit": commit}
             print(f"[benchmark] {track}/{split} {name} seed {seed} ({epochs} epochs)", flush=True)
             proc = subprocess.run(
                 [sys.executable, "-m", "ds2d2_yolo.benchmark", json.dumps(spec)], capture_output=True, text=True
@@ -373,8 +433,11 @@ def run_benchmark(
             if proc.returncode or not lines:
                 print(f"[benchmark] {name} seed {seed} failed; see {out / 'runs' / f'{name}-s{seed}.log'}")
                 continue
+            record = json.loads(lines[-1])
+            if config:
+                record["config"] = config
             with open(results, "a") as f:
-                f.write(lines[-1] + "\n")
+                f.write(json.dumps(record) + "\n")
     done = {row_label(r) for r in read_results(results)}
     for a in (a for a in refs if a not in done):
         print(f"[benchmark] against='{a}' has no finished runs (see the logs in {out / 'runs'}); its table is left out")

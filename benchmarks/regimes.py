@@ -15,8 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ds2d2_yolo.benchmark import run_benchmark
 from ds2d2_yolo.cfg import CFG_DIR
+
+from ds2d2_yolo.benchmark import run_benchmark
 
 REGIMES = {
     "r1": {"epochs": 100, "extra": {"nbs": 16}, "student": None},
@@ -36,7 +37,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--out", default="runs/regimes")
     ap.add_argument("--config", default="", help="name of the DS2D2 settings given with --set (stored per record)")
-    ap.add_argument("--set", default="{}", help='extra keys as JSON, e.g. \'{"kd_warmup": 5}\'')
+    ap.add_argument("--set", default="{}", help="extra keys as JSON, e.g. '{\"kd_warmup\": 5}'")
     ap.add_argument("--val-every", type=int, default=10, help="validate every N epochs and on each of the last 5")
     ap.add_argument("--pruned", default="runs/regimes/pruned", help="folder with prune25.pt and prune50.pt")
     a = ap.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import tempfile
 from collections.abc import Iterable
@@ -18,6 +19,8 @@ from ds2d2_yolo.dwt import DWT2d, high_frequency
 from ds2d2_yolo.hooks import head_features
 
 FORMAT = "ds2d2-amplifier/1"
+CALIB_BATCHES = 32  # batches of the BatchNorm recalibration pass after amplifier training
+CHECK_BATCHES = 8  # batches on which the frozen amplifier's loss is compared with its train-mode loss
 
 
 def hf_features(feats: list[torch.Tensor], dwt: DWT2d) -> list[torch.Tensor]:
@@ -54,12 +57,15 @@ def train_amplifier(
     class_map: torch.Tensor | None = None,
     lr: float = 1e-3,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[Iterable, str], Iterable] | None = None,
 ) -> nn.Module:
     """Train a high-frequency amplifier head on HF(frozen teacher neck) with the teacher's own YOLO loss.
 
-    The head starts as a copy of the teacher's (DESIGN Part 2); the backbone and neck stay frozen, so only the
-    head learns to read high-frequency maps. BatchNorm statistics adapt too, since HF maps are far smaller in
-    magnitude than raw features.
+    The head starts as a copy of the teacher's; the backbone and neck stay frozen, so only the head learns to read
+    high-frequency maps. Training uses batch statistics; afterwards the BatchNorm running statistics are recomputed
+    as a cumulative average over one no-grad pass (`recalibrate_bn`): with Ultralytics' BatchNorm momentum of 0.03
+    and a few dozen steps, the running statistics would otherwise still be mostly the teacher's, and the frozen
+    amplifier would not be the function that was trained.
 
     Args:
         teacher (nn.Module): Frozen teacher (eval mode).
@@ -72,9 +78,11 @@ def train_amplifier(
         class_map (torch.Tensor | None): Student class i -> teacher class; labels are mapped to the teacher's order.
         lr (float): AdamW learning rate.
         log (Callable | None): Progress logger.
+        progress (Callable | None): Wraps an epoch's batches in a progress bar, given a description.
 
     Returns:
-        (nn.Module): The trained head, frozen and in eval mode.
+        (nn.Module): The trained head, frozen and in eval mode, with `train_loss` and `eval_loss` (the mean loss of
+            the last epoch's batches with batch statistics, and frozen with the recalibrated running statistics).
     """
     device = next(teacher.parameters()).device
     head = copy.deepcopy(head).to(device).train()
@@ -83,26 +91,26 @@ def train_amplifier(
     for p in head.dfl.parameters():
         p.requires_grad_(False)  # DFL is a fixed integral, as in Ultralytics
     dwt = DWT2d(wavelet, wave_mode).to(device)
-    saved_args = getattr(teacher, "args", None)
-    teacher.args = hyp
-    try:
-        criterion = teacher.init_criterion()
-    finally:
-        teacher.args = saved_args
-    criterion.class_weights = None
+    criterion = _criterion(teacher, hyp)
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     ch = int(teacher.yaml.get("channels", 3))
     inverse = None if class_map is None else class_map.to(device)
     teacher.eval()
+
+    def inputs(batch: dict) -> tuple[list[torch.Tensor], dict]:
+        with torch.no_grad():
+            hf = hf_features(head_features(teacher, match_channels(batch["img"].float(), ch)), dwt)
+        if inverse is not None:
+            batch = {**batch, "cls": inverse[batch["cls"].long().view(-1)].view_as(batch["cls"]).to(batch["cls"])}
+        return hf, batch
+
     for epoch in range(epochs):
         head.train()
         total, n = 0.0, 0
-        for batch in batches():
-            with torch.no_grad():
-                feats = head_features(teacher, match_channels(batch["img"].float(), ch))
-                hf = hf_features(feats, dwt)
-            if inverse is not None:
-                batch = {**batch, "cls": inverse[batch["cls"].long().view(-1)].view_as(batch["cls"]).to(batch["cls"])}
+        desc = f"DS2D2 amplifier {epoch + 1}/{epochs}"
+        bar = progress(batches(), desc) if progress else batches()
+        for batch in bar:
+            hf, batch = inputs(batch)
             loss, _ = criterion(head(hf), batch)
             loss = loss.sum()
             if not torch.isfinite(loss):
@@ -112,10 +120,93 @@ def train_amplifier(
             torch.nn.utils.clip_grad_norm_(head.parameters(), 10.0)
             opt.step()
             total, n = total + loss.item() / batch["img"].shape[0], n + 1
+            if hasattr(bar, "set_postfix_str"):
+                bar.set_postfix_str(f"loss {total / n:.4g}")
         if log:
             log(f"DS2D2 amplifier epoch {epoch + 1}/{epochs}: loss {total / max(n, 1):.4g} ({n} batches)")
+    if epochs:
+        # A bounded number of batches, passing over a small dataset several times: BatchNorm statistics settle within
+        # a few hundred images, and a full extra pass over a large dataset would cost as much as an epoch.
+        def stream(n: int) -> Iterable[dict]:
+            return itertools.islice(itertools.chain.from_iterable(batches() for _ in range(n)), n)
+
+        recalibrate_bn(head, (inputs(b)[0] for b in stream(CALIB_BATCHES)))
+        check = [inputs(b) for b in stream(CHECK_BATCHES)]
+        head.train_loss = amplifier_loss(head, criterion, check, train_mode=True)
+        head.eval_loss = amplifier_loss(head, criterion, check, train_mode=False)
     head.trained_epochs = int(epochs)  # travels with the head, so checkpoints record how it was made
     return freeze(head)
+
+
+def _criterion(teacher: nn.Module, hyp: Any) -> Any:
+    """The teacher's own detection loss, built with the run's hyperparameters (box, cls, dfl, ...)."""
+    saved_args = getattr(teacher, "args", None)
+    teacher.args = hyp
+    try:
+        criterion = teacher.init_criterion()
+    finally:
+        teacher.args = saved_args
+    criterion.class_weights = None
+    return criterion
+
+
+def recalibrate_bn(head: nn.Module, inputs: Iterable[list[torch.Tensor]]) -> int:
+    """Recompute every BatchNorm's running statistics as the cumulative average over `inputs` (no gradients).
+
+    Args:
+        head (nn.Module): The head whose BatchNorm layers are recalibrated (its weights do not change).
+        inputs (Iterable[list[torch.Tensor]]): Head inputs, one list of level features per batch.
+
+    Returns:
+        (int): The number of batches seen.
+    """
+    bns = [m for m in head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    was_training, n = head.training, 0
+    head.train()
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                head(x)
+                n += 1
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        head.train(was_training)
+    return n
+
+
+def amplifier_loss(head: nn.Module, criterion: Any, batches: list[tuple[list[torch.Tensor], dict]], train_mode: bool):
+    """Mean per-image detection loss of `head` over cached (HF features, batch) pairs, without updating anything.
+
+    With `train_mode` the BatchNorm layers normalise with each batch's own statistics (as in training); otherwise with
+    their running statistics (as the frozen amplifier does). Running statistics are left as they were.
+    """
+    if not batches:
+        return float("nan")
+    bns = [m for m in head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    was_training = head.training
+    head.train(train_mode)
+    total, n = 0.0, 0
+    try:
+        with torch.no_grad():
+            for hf, batch in batches:
+                out = head(hf)
+                if not train_mode:
+                    out = out[1]  # eval mode returns (decoded, raw); the loss reads the raw dict
+                total += criterion(out, batch)[0].sum().item()
+                n += batch["img"].shape[0]
+    finally:
+        for m, (rm, rv, nb) in zip(bns, saved):
+            m.running_mean.copy_(rm)
+            m.running_var.copy_(rv)
+            m.num_batches_tracked.copy_(nb)
+        head.train(was_training)
+    return total / max(n, 1)
 
 
 def freeze(head: nn.Module) -> nn.Module:

@@ -26,6 +26,8 @@ WEIGHT_KEYS = (
     "mgd_mask_ratio",
 )
 BOOL_KEYS = ("explicit", "implicit_full", "implicit_high")
+ADAPTER_MODES = ("shared", "per_stream")
+BALANCE_MODES = ("none", "grad")
 
 
 # Dataset yamls shipped in cfg/ that shadow Ultralytics' bundled ones of the same name.
@@ -76,6 +78,16 @@ def _to_float(key: str, v: Any) -> float:
     return f
 
 
+def _to_count(key: str, v: Any) -> int:
+    try:
+        n = float(v)
+    except (TypeError, ValueError):
+        n = -1.0
+    if not math.isfinite(n) or n < 0 or n % 1:
+        raise DS2D2ArgError(f"'{key}={v}' must be a whole number >= 0, e.g. {key}=10")
+    return int(n)
+
+
 def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
     """Merge DS2D2 keys over the defaults and validate them, before any model is built.
 
@@ -113,6 +125,16 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
     if n < 0 or n % 1:
         raise DS2D2ArgError(f"'amp_epochs={cfg['amp_epochs']}' must be a whole number >= 0, e.g. amp_epochs=3")
     cfg["amp_epochs"] = int(n)
+    for k in ("diagnose", "balance_steps"):
+        cfg[k] = _to_count(k, cfg[k])
+    cfg["kd_warmup"] = _to_float("kd_warmup", cfg["kd_warmup"])
+    cfg["balance_ratio"] = _to_float("balance_ratio", cfg["balance_ratio"])
+    for k, choices in (("adapters", ADAPTER_MODES), ("balance", BALANCE_MODES)):
+        cfg[k] = str(cfg[k]).lower()
+        if cfg[k] not in choices:
+            raise DS2D2ArgError(f"'{k}={cfg[k]}' is unknown; choose one of {', '.join(choices)}")
+    if cfg["balance"] == "grad" and (cfg["balance_ratio"] == 0 or cfg["balance_steps"] == 0):
+        raise DS2D2ArgError("balance=grad needs balance_ratio > 0 and balance_steps >= 1, e.g. balance_ratio=0.25")
     cfg["wavelet"] = str(cfg["wavelet"])
     if cfg["wavelet"] not in pywt.wavelist(kind="discrete"):
         raise DS2D2ArgError(

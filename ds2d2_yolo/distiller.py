@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ds2d2_yolo.connectors import Adapter, MGDGenerator
+from ds2d2_yolo.diagnostics import feature_distance, grad_stats
 from ds2d2_yolo.disw import disw_weights
 from ds2d2_yolo.dwt import DWT2d, high_frequency
 from ds2d2_yolo.hooks import capture_head_inputs, detection_head, head_features
@@ -100,6 +102,13 @@ class DS2D2Model(nn.Module):
             )
         s_ch, t_ch = self._level_channels(student_model), self._level_channels(teacher_model)
         self.adapters = nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch))
+        # With adapters=per_stream the implicit stream gets its own adapters: one shared adapter can absorb the
+        # feature matching of one stream instead of passing it on to the student's neck.
+        per_stream = self.method == "ds2d2" and cfg.get("adapters", "shared") == "per_stream"
+        self.adapters_im = nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch) if per_stream)
+        self.kd_scale = 1.0  # warm-up factor on the distillation total, set by the trainer each step
+        self.diagnose_next = False  # the trainer asks for gradient diagnostics on the next training step
+        self.diagnostics: dict[str, float] | None = None
         self.generators = nn.ModuleList(MGDGenerator(ct, cfg["mgd_mask_ratio"]) for ct in t_ch if self.method == "mgd")
         self.dwt = DWT2d(cfg["wavelet"], cfg["wave_mode"])
         task = "obb" if s_head.__class__.__name__.startswith("OBB") else "detect"
@@ -216,10 +225,45 @@ class DS2D2Model(nn.Module):
         for k, v in terms.items():
             if not torch.isfinite(v):
                 self._skip(k, v)
-                v = torch.zeros((), device=device)
+                v = terms[k] = torch.zeros((), device=device)
             total = total + v
-            items[k] = v.detach().reshape(())
-        return torch.cat([loss, total * batch["img"].shape[0]]), items
+            items[k] = v.detach().reshape(())  # at the term's weight, before the warm-up factor
+        bs = batch["img"].shape[0]
+        if self.diagnose_next:
+            self.diagnose_next = False
+            self.diagnostics = self.measure(loss.sum(), {k: v * bs for k, v in terms.items()}, store["s"], t_feats)
+        return torch.cat([loss, total * bs * self.kd_scale]), items
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The student's trainable parameters before its head: the ones both the detection loss and KD reach."""
+        return [p for p in self.student_model.model[:-1].parameters() if p.requires_grad]
+
+    def measure(
+        self, det: torch.Tensor, terms: dict[str, torch.Tensor], s_feats: list[torch.Tensor], t_feats: list
+    ) -> dict[str, float]:
+        """Gradient ratios and cosines of every term against the detection loss, and per-level feature distances.
+
+        Args:
+            det (torch.Tensor): Detection loss as back-propagated.
+            terms (dict[str, torch.Tensor]): Distillation terms as added to the loss (before the warm-up factor).
+            s_feats (list[torch.Tensor]): Student head inputs.
+            t_feats (list): Teacher head inputs.
+
+        Returns:
+            (dict[str, float]): Flat columns: `<term>/ratio`, `<term>/cos`, `dist/P<i>` (explicit adapters) and,
+                with per-stream adapters, `dist_im/P<i>`.
+        """
+        out: dict[str, float] = {}
+        for k, v in grad_stats(det, terms, self.shared_parameters()).items():
+            out[f"{k}/ratio"], out[f"{k}/cos"] = v["ratio"], v["cos"]
+        levels = [f"P{int(math.log2(s))}" for s in detection_head(self.student_model).stride.tolist()]
+        with torch.no_grad():
+            t = [f.float() for f in t_feats]
+            for name, adapters in (("dist", self.adapters), ("dist_im", self.adapters_im)):
+                if len(adapters):
+                    d = feature_distance([a(f.float()) for a, f in zip(adapters, s_feats)], t)
+                    out.update({f"{name}/{lv}": x for lv, x in zip(levels, d)})
+        return out
 
     def _skip(self, name: str, value: torch.Tensor) -> None:
         from ultralytics.utils import LOGGER
@@ -273,17 +317,20 @@ class DS2D2Model(nn.Module):
             out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
 
         kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
+        s_im = [a(f.float()) for a, f in zip(self.adapters_im, s_feats)] if len(self.adapters_im) else s_ad
         if cfg["implicit_full"]:
             head = detection_head(self.teacher_model)
             with torch.no_grad():
                 t_out = head.forward_head(t_feats, **head.one2many)
-            s_out = head.forward_head(s_ad, **head.one2many)
+            s_out = head.forward_head(s_im, **head.one2many)
             out["im_full"] = cfg["lambda_imf"] * amplifier_kd(head, s_out, t_out, t_feats, **kd)
         if cfg["implicit_high"]:
             if self.amplifier is None:
                 raise RuntimeError("implicit_high is on but no high-frequency amplifier was built or loaded")
             amp = self.amplifier
-            hf_s = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_s, s_ad)]
+            if s_im is not s_ad:
+                hi_s = [self.dwt(f)[1] for f in s_im]
+            hf_s = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_s, s_im)]
             with torch.no_grad():
                 hf_t = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_t, t_feats)]
                 t_out = amp.forward_head(hf_t, **amp.one2many)

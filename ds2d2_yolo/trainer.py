@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from copy import deepcopy
@@ -15,7 +16,7 @@ from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.cfg import DEFAULT_CFG
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
-from ultralytics.utils import LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils import LOCAL_RANK, LOGGER, RANK, TQDM
 from ultralytics.utils.patches import torch_load
 from ultralytics.utils.torch_utils import (
     ModelEMA,
@@ -30,15 +31,30 @@ from ds2d2_yolo.amplifier import (
     amplifier_from_state,
     amplifier_state,
     atomic_save,
+    hf_features,
     load_amplifier,
     save_amplifier,
     train_amplifier,
 )
 from ds2d2_yolo.config import DS2D2ArgError, check_args, resolve_data, split_overrides
-from ds2d2_yolo.distiller import DS2D2Model
+from ds2d2_yolo.diagnostics import DiagnosticsLog, balanced_weights
+from ds2d2_yolo.distiller import DS2D2Model, match_channels
+from ds2d2_yolo.dwt import DWT2d
+from ds2d2_yolo.hooks import detection_head, head_features
+from ds2d2_yolo.probe import head_map
+from ds2d2_yolo.schedule import KDSchedule
 from ds2d2_yolo.teacher import Teacher, fuse_frozen, load_teacher, read_teacher
 
 FEATURE_METHODS = ("ds2d2", "cwd", "mgd")
+# Logged term -> the DS2D2 key of its loss weight (what gradient balancing rescales).
+TERM_WEIGHTS = {
+    "ex_low": "lambda_exl",
+    "ex_high": "lambda_exh",
+    "im_full": "lambda_imf",
+    "im_high": "lambda_imh",
+    "cwd": "cwd_weight",
+    "mgd": "mgd_alpha",
+}
 
 
 def resolve_task(overrides: dict[str, Any]) -> str:
@@ -217,6 +233,28 @@ class DS2D2Trainer(DetectionTrainer):
                 self.model.load_connector_state(self._resume_state["connectors"])
         return ckpt
 
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        """Build the student from `cfg` as Ultralytics does, except that a pruned `weights` model is trained as is.
+
+        Ultralytics rebuilds a .pt from the yaml it carries and copies only the tensors whose shapes fit, which for a
+        pruned model (`ds2d2-yolo prune`) would silently train the unpruned architecture from mostly random weights.
+        """
+        if isinstance(weights, torch.nn.Module):
+            built = super().get_model(cfg=cfg, weights=None, verbose=False).state_dict()
+            given = weights.state_dict()
+            if any(k in built and built[k].shape != v.shape for k, v in given.items()):
+                nc = getattr(weights.model[-1], "nc", None)
+                if nc != self.data["nc"]:
+                    raise DS2D2ArgError(
+                        f"the pruned model has {nc} classes but data has {self.data['nc']}; a pruned model keeps its "
+                        "head, so prune a model trained on this dataset"
+                    )
+                model = self.set_model_names_for_load(deepcopy(weights).float().requires_grad_(True))
+                n = sum(p.numel() for p in model.parameters())
+                LOGGER.info(f"DS2D2: training the pruned architecture of the given weights as is ({n:,} parameters)")
+                return model
+        return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+
     def _setup_train(self):
         """Ultralytics' setup, then the high-frequency amplifier when it is needed and not given."""
         super()._setup_train()
@@ -225,6 +263,80 @@ class DS2D2Trainer(DetectionTrainer):
             if model.amplifier is None:
                 self._amplifier = self._build_amplifier()  # unfused: its state is what amplifier.pt and last.pt keep
                 model._hide("amplifier", fuse_frozen(deepcopy(self._amplifier)).to(self.device))
+        if isinstance(model, DS2D2Model):
+            # Registered here, in every process, rather than in __init__: DDP workers are rebuilt from pickled
+            # callbacks, and these are bound to this trainer.
+            self.schedule = KDSchedule.from_args(self.ds2d2, len(self.train_loader))
+            self._step = self.start_epoch * len(self.train_loader)
+            self._balance_ratios: dict[str, list[float]] = {}
+            self.diagnostics = DiagnosticsLog(self.save_dir / "diagnostics.csv")
+            for event, fn in (
+                ("on_train_batch_start", DS2D2Trainer._kd_batch_start),
+                ("on_train_batch_end", DS2D2Trainer._kd_batch_end),
+                ("on_fit_epoch_end", DS2D2Trainer._kd_epoch_end),
+            ):
+                if fn not in self.callbacks[event]:
+                    self.add_callback(event, fn)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Warm-up, gradient balancing and diagnostics (the schedule in `KDSchedule`, the measurements in the wrapper)
+    def _kd_batch_start(self) -> None:
+        """Set this step's warm-up factor; ask the wrapper to measure gradients when the schedule says so."""
+        model, step = unwrap_model(self.model), self._step
+        if step == self.schedule.balance_step:
+            self._rebalance(model)
+        model.kd_scale = self.schedule.scale(step)
+        model.diagnose_next = self.schedule.measures(step)
+
+    def _kd_batch_end(self) -> None:
+        """Collect the wrapper's measurements of this step (balancing ratios, diagnostics rows)."""
+        model, step = unwrap_model(self.model), self._step
+        self._step += 1
+        d, model.diagnostics = model.diagnostics, None
+        if d is None:
+            return
+        if self.schedule.measures_for_balance(step):
+            for k, v in d.items():
+                if k.endswith("/ratio"):
+                    self._balance_ratios.setdefault(k[: -len("/ratio")], []).append(v)
+        if self.ds2d2["diagnose"] and step % self.ds2d2["diagnose"] == 0 and RANK in {-1, 0}:
+            self.diagnostics.write({"epoch": self.epoch + 1, "step": step, "kd_scale": model.kd_scale, **d})
+
+    def _kd_epoch_end(self) -> None:
+        """With diagnostics on: the cross-head mAP of this epoch's EMA student and the plot."""
+        if not self.ds2d2["diagnose"] or RANK not in {-1, 0} or self.epoch >= self.epochs:
+            return  # final_eval re-runs this callback one epoch past the end, for best.pt's metrics
+        ema, head = self.ema.ema, detection_head(unwrap_model(self.model).teacher_model)
+        adapters = ema.adapters_im if len(ema.adapters_im) else ema.adapters
+        m = head_map(
+            self,
+            lambda img: [a(f) for a, f in zip(adapters, head_features(ema.student_model, img))],
+            head,
+            self.teacher.class_map,
+        )
+        log = DiagnosticsLog(self.save_dir / "diagnostics_epochs.csv")
+        log.write(
+            {"epoch": self.epoch + 1, "step": self._step, "cross/mAP50": m["mAP50"], "cross/mAP50-95": m["mAP50-95"]}
+        )
+        self.diagnostics.plot(self.save_dir / "diagnostics.png", log)
+
+    def _rebalance(self, model: DS2D2Model) -> None:
+        """Set each term's weight from the gradient ratios measured before this step (`balance=grad`)."""
+        keys = {k: v for k, v in TERM_WEIGHTS.items() if k in self._balance_ratios}
+        old = {t: self.ds2d2[k] for t, k in keys.items()}
+        new = balanced_weights(old, self._balance_ratios, self.ds2d2["balance_ratio"])
+        if RANK != -1:
+            shared = [new if RANK == 0 else None]
+            torch.distributed.broadcast_object_list(shared, 0)  # every rank must train with rank 0's weights
+            new = shared[0]
+        for t, k in keys.items():
+            self.ds2d2[k] = model.cfg[k] = float(new[t])  # saved in last.pt's DS2D2 args, so resume keeps them
+        ratios = {t: sum(v) / len(v) for t, v in self._balance_ratios.items()}
+        if RANK in {-1, 0}:
+            record = {"step": self._step, "measured_ratio": ratios, "old": old, "new": new}
+            (self.save_dir / "balance.json").write_text(json.dumps(record, indent=1))
+            pairs = ", ".join(f"{keys[t]} {old[t]:.4g} -> {new[t]:.4g} (ratio {ratios[t]:.3g})" for t in keys)
+            LOGGER.info(f"DS2D2 balance=grad at step {self._step}: {pairs or 'no term measured'}")
 
     def _build_amplifier(self):
         """Train the amplifier on rank 0 (saving `amplifier.pt` beside the run) and share it with other ranks."""
@@ -241,14 +353,41 @@ class DS2D2Trainer(DetectionTrainer):
                 self.ds2d2["wavelet"],
                 self.ds2d2["wave_mode"],
                 class_map=self.teacher.class_map,
-                log=LOGGER.info,
+                progress=lambda it, desc: TQDM(it, desc=desc, total=len(self.train_loader)),
             )
+            self.amplifier_report = self._amplifier_report(head)
             save_amplifier(head, path, self.teacher.fingerprint, self.ds2d2, epochs)
+            r = self.amplifier_report
+            LOGGER.info(
+                f"DS2D2 amplifier: loss {r['train_loss']:.4g} with batch statistics, {r['eval_loss']:.4g} frozen; "
+                f"mAP50 {r['mAP50']:.3f} on HF(teacher) features (teacher head on its own features: "
+                f"{r['teacher_mAP50']:.3f}); saved to {path}"
+            )
         if RANK != -1:
             torch.distributed.barrier()
             if RANK != 0:
                 head = load_amplifier(path, self.teacher.head, self.teacher.fingerprint, self.ds2d2)
         return head
+
+    def _amplifier_report(self, head: torch.nn.Module) -> dict[str, float]:
+        """How well the trained amplifier fits: its train/frozen losses and its mAP on HF(teacher) validation maps."""
+        teacher, dwt = self.teacher.model, DWT2d(self.ds2d2["wavelet"], self.ds2d2["wave_mode"]).to(self.device)
+        ch = int(teacher.yaml.get("channels", 3))
+        amp = deepcopy(head).to(self.device)
+        cmap = self.teacher.class_map
+        hf = head_map(self, lambda img: hf_features(head_features(teacher, match_channels(img, ch)), dwt), amp, cmap)
+        own = deepcopy(self.teacher.head).to(self.device)
+        raw = head_map(self, lambda img: head_features(teacher, match_channels(img, ch)), own, cmap)
+        report = {
+            "train_loss": float(getattr(head, "train_loss", float("nan"))),
+            "eval_loss": float(getattr(head, "eval_loss", float("nan"))),
+            "mAP50": hf["mAP50"],
+            "mAP50-95": hf["mAP50-95"],
+            "teacher_mAP50": raw["mAP50"],
+            "teacher_mAP50-95": raw["mAP50-95"],
+        }
+        (self.save_dir / "amplifier.json").write_text(json.dumps(report, indent=1))
+        return report
 
     # ------------------------------------------------------------------------------------------------------------
     def _ds2d2_state(self, ema: DS2D2Model) -> dict[str, Any]:
@@ -407,5 +546,8 @@ def build_amplifier_file(overrides: dict[str, Any]) -> Path:
     trainer = DS2D2Trainer(overrides=overrides)
     trainer.model = trainer.teacher.model.to(trainer.device)  # gives the dataloader its stride
     trainer.train_loader = trainer.get_dataloader(trainer.data["train"], trainer.batch_size, rank=LOCAL_RANK)
+    # The validation loader and validator score the amplifier on HF(teacher) maps of the validation images.
+    trainer.test_loader = trainer.get_dataloader(trainer.data["val"], trainer.batch_size * 2, rank=-1, mode="val")
+    trainer.validator = trainer.get_validator()
     trainer._build_amplifier()
     return trainer.save_dir / "amplifier.pt"

@@ -20,8 +20,8 @@ from ds2d2_yolo.cfg import CFG_DIR
 from ds2d2_yolo.benchmark import run_benchmark
 
 REGIMES = {
-    "r1": {"epochs": 100, "extra": {"nbs": 16}, "student": None},
-    "r2": {"epochs": 100, "extra": {"nbs": 16}, "student": "yolov8n-obb.yaml"},
+    "r1": {"epochs": 60, "extra": {"nbs": 16}, "student": None},
+    "r2": {"epochs": 60, "extra": {"nbs": 16}, "student": "yolov8n-obb.yaml"},
     "r3-prune25": {"epochs": 30, "extra": {"nbs": 16}, "student": "prune25"},
     "r3-prune50": {"epochs": 30, "extra": {"nbs": 16}, "student": "prune50"},
 }

@@ -29,7 +29,19 @@ from typing import Any, Callable
 from ds2d2_yolo.cfg import CFG_DIR
 from ds2d2_yolo.config import DATASET_YAMLS, DS2D2ArgError, check_args, defaults, resolve_data, split_overrides
 
-OWN_MODES = ("train", "amplifier", "demo", "benchmark", "convert", "slice", "visualize", "help", "version")
+OWN_MODES = (
+    "train",
+    "amplifier",
+    "prune",
+    "compress",
+    "demo",
+    "benchmark",
+    "convert",
+    "slice",
+    "visualize",
+    "help",
+    "version",
+)
 PASS_MODES = ("val", "predict", "export", "track")
 DISTIL_TASKS = ("detect", "obb")
 HELP_FLAGS = ("-h", "--help", "-help")
@@ -83,8 +95,49 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "tag": ("", str, None),
         "against": ("", str, None),
     },
+    "prune": {
+        "model": (None, str, None),
+        "ratio": (0.5, float, None),
+        "importance": ("l2", str, ("l1", "l2", "random")),
+        "data": (None, str, None),
+        "imgsz": (None, int, None),
+        "batch": (1, int, None),
+        "device": ("cpu", None, None),
+        "project": (None, str, None),
+        "name": (None, str, None),
+        "exist_ok": (False, bool, None),
+        "seed": (0, int, None),
+    },
+    "compress": {
+        "model": (None, str, None),
+        "data": (None, str, None),
+        "ratio": (0.5, float, None),
+        "importance": ("l2", str, ("l1", "l2", "random")),
+        "distill": ("ds2d2", str, None),
+        "epochs": (10, int, None),
+        "imgsz": (None, int, None),
+        "batch": (16, int, None),
+        "workers": (0, int, None),
+        "device": ("cpu", None, None),
+        "amplifier": (None, str, None),
+        "int8": ("onnx,openvino", str, None),
+        "calib": (64, int, None),
+        "runs": (50, int, None),
+        "threads": (None, int, None),
+        "project": ("runs/compress", str, None),
+        "name": ("exp", str, None),
+        "exist_ok": (False, bool, None),
+        "seed": (0, int, None),
+        "cfg": (None, str, None),
+    },
 }
-REQUIRED_KEYS = {"convert": ("src", "dst"), "slice": ("model", "source"), "visualize": ("model", "teacher", "source")}
+REQUIRED_KEYS = {
+    "convert": ("src", "dst"),
+    "slice": ("model", "source"),
+    "visualize": ("model", "teacher", "source"),
+    "prune": ("model",),
+    "compress": ("model", "data"),
+}
 
 MODE_HELP = {
     "train": "distil (or train) a detect/OBB student; every non-DS2D2 key goes to Ultralytics unchanged",
@@ -92,6 +145,8 @@ MODE_HELP = {
     "convert": "prepare a dataset: format=dota|dior|dior-r src=... dst=... (DOTA: tile= gap=)",
     "slice": "sliced prediction on one large image: model=... source=... tile=1024 overlap=0.2",
     "visualize": "DWT bands and DISW maps of teacher and student: teacher=... model=... source=...",
+    "prune": "prune a trained detect/OBB .pt with Torch-Pruning: model=... ratio=0.5 importance=l2 (data= for mAP)",
+    "compress": "prune -> distil -> FP32/INT8 export -> validate: model=... data=... ratio=0.5 distill=ds2d2 epochs=",
     "demo": "offline end-to-end demo on generated aerial data (ds2d2 vs none)",
     "benchmark": "compare none/native/cwd/mgd/ds2d2 with identical settings (track=synthetic|dota)",
     "val predict export track": "passed to Ultralytics unchanged (model=... required; nothing is downloaded)",
@@ -418,6 +473,7 @@ def _pass_through(task: str | None, mode: str, kv: dict[str, Any], raw: dict[str
 
 def _subcommand(mode: str, kv: dict[str, Any]) -> None:
     args = _own_keys(mode, kv)
+    errors: tuple[type[BaseException], ...] = ()  # failures of a run that are reported in one line
     if mode == "convert":
         if not Path(args["src"]).is_dir():
             raise UsageError(f"convert: src folder '{args['src']}' not found")
@@ -439,6 +495,21 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
             check_against(
                 results_folder(args["out"], args["track"], args["split"], args["tag"]), names, args["against"]
             )
+    elif mode in ("prune", "compress"):
+        if args["data"]:
+            args["data"] = resolve_data(args["data"])
+            _check_data(args["data"])
+        with user_errors(ValueError, ImportError):
+            if mode == "prune":
+                from ds2d2_yolo.prune import check_prune_args as check
+                from ds2d2_yolo.prune import run_prune as fn
+            else:
+                from ds2d2_yolo.compress import StageError
+                from ds2d2_yolo.compress import check_compress_args as check
+                from ds2d2_yolo.compress import run_compress as fn
+
+                errors = (StageError,)
+            check(args)
     elif mode == "demo":
         from ds2d2_yolo.demo import run_demo as fn
     else:
@@ -448,7 +519,7 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
             raise UsageError(f"visualize: source image '{args['source']}' not found")
         from ds2d2_yolo.visualize import run_visualize as fn
     call: Callable[..., Any] = fn
-    with user_errors():
+    with user_errors(*errors):
         call(**args)
 
 

@@ -66,31 +66,120 @@ def test_prune_architectures(base, cls):
     assert {type(m).__module__.split(".")[0] for m in pruned.modules()} <= {"torch", "ultralytics"}
 
 
-def test_pruned_file_is_plain(tmp_path, tiny_models, synth_obb):
-    """The saved file loads, validates, predicts and exports where ds2d2_yolo and torch_pruning cannot be imported."""
-    report = run_prune(str(tiny_models["obb_teacher"]), ratio=0.5, data=str(synth_obb), project=str(tmp_path))
-    path = Path(report["file"])
-    assert path == tmp_path / "prune" / "weights" / "pruned.pt"
+def test_run_prune_report(tmp_path, tiny_models, synth_obb):
+    """run_prune writes runs/<task>/prune*/weights/pruned.pt and reports params, GFLOPs and mAP before fine-tuning."""
+    report = run_prune(str(tiny_models["obb_teacher"]), ratio=0.5, data=str(synth_obb), imgsz=64, project=str(tmp_path))
+    assert Path(report["file"]) == tmp_path / "prune" / "weights" / "pruned.pt"
     assert report["pruned"]["params"] < report["teacher"]["params"] / 2
     assert report["pruned"]["GFLOPs"] < report["teacher"]["GFLOPs"]
     assert 0 <= report["pruned"]["mAP50"] <= 1 and "mAP50-95" in report["teacher"]
     assert json.loads((tmp_path / "prune" / "results.json").read_text())["pruned"] == report["pruned"]
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory, tiny_models, synth_obb) -> Path:
+    """One whole `compress` run on the tiny OBB teacher (64 px, 1 epoch of DS2D2)."""
+    from ds2d2_yolo.compress import run_compress
+    from ds2d2_yolo.quantize import openvino_available
+
+    project = tmp_path_factory.mktemp("compress")
+    train = dict(amp_epochs=1, plots=False, mosaic=0.0, warmup_epochs=0, nbs=4, deterministic=True)
+    result = run_compress(
+        str(tiny_models["obb_teacher"]),
+        str(synth_obb),
+        imgsz=64,
+        epochs=1,
+        batch=4,
+        runs=3,
+        calib=4,
+        int8="onnx,openvino" if openvino_available() else "onnx",
+        project=str(project),
+        name="tiny",
+        cfg=train,
+    )
+    return Path(result["save_dir"])
+
+
+def test_compress_outputs(compressed):
+    """Every stage has a row (Ultralytics val + latency in its own runtime), the table, csv, json and plot exist."""
+    from ds2d2_yolo.quantize import openvino_available
+
+    rows = json.loads((compressed / "results.json").read_text())["rows"]
+    stages = ["teacher", "teacher-onnx", "pruned", "distilled", "onnx", "int8-onnx"]
+    assert [r["stage"] for r in rows] == stages + (["int8-openvino"] if openvino_available() else [])
+    by = {r["stage"]: r for r in rows}
+    assert by["teacher"]["runtime"] == "torch" and by["onnx"]["runtime"] == "onnxruntime"
+    assert by["int8-onnx"]["precision"] == "int8" and by["int8-onnx"]["MB"] < by["onnx"]["MB"]
+    assert by["pruned"]["params"] == by["int8-onnx"]["params"] < by["teacher"]["params"] / 2
+    assert all(r["ms"] > 0 and 0 <= r["mAP50"] <= 1 and r["GFLOPs"] > 0 for r in rows)
+    table = (compressed / "table.md").read_text()
+    assert all(f"| {s} |" in table for s in stages)
+    assert (compressed / "results.csv").read_text().count("\n") == len(rows) + 1
+    assert (compressed / "accuracy_latency.png").stat().st_size > 0
+    for f in ("pruned.pt", "distil/weights/best.pt", "student.onnx", "student-int8.onnx", "teacher.onnx"):
+        assert (compressed / f).is_file(), f
+
+
+def test_pruned_file_is_plain(compressed, synth_obb):
+    """pruned.pt loads, validates, predicts and exports, and the distilled best.pt loads and predicts, where
+    ds2d2_yolo and torch_pruning cannot be imported: no class of either is in the pickles."""
     img = next((Path(synth_obb).parent / "images" / "val").glob("*.png"))
     code = BLOCK_IMPORTS + textwrap.dedent(
         f"""
         from ultralytics import YOLO
-        m = YOLO({str(path)!r})
+        m = YOLO({str(compressed / "pruned.pt")!r})
         r = m.predict({str(img)!r}, imgsz=64, device="cpu", verbose=False)
         v = m.val(data={str(synth_obb)!r}, imgsz=64, batch=4, device="cpu", plots=False, verbose=False,
-                  project={str(tmp_path)!r}, name="plainval")
-        f = m.export(format="onnx", imgsz=64, device="cpu")
-        print(type(m.model).__name__, len(r), round(float(v.box.map50), 4), f)
+                  project={str(compressed / "plain")!r})
+        out = m.export(format="onnx", imgsz=64, device="cpu")
+        best = YOLO({str(compressed / "distil" / "weights" / "best.pt")!r})
+        rb = best.predict({str(img)!r}, imgsz=64, device="cpu", verbose=False)
+        print("PLAIN", type(m.model).__name__, type(best.model).__name__, len(r), len(rb), float(v.box.map50), out)
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    kind, n_results, _, onnx_file = out.stdout.split()[-4:]
-    assert (kind, n_results) == ("OBBModel", "1") and Path(onnx_file).is_file()
+    line = next(x for x in out.stdout.splitlines() if x.startswith("PLAIN "))
+    _, kind, kind_best, n, n_best, map50, onnx_file = line.split()
+    assert (kind, kind_best, n, n_best) == ("OBBModel", "OBBModel", "1", "1") and Path(onnx_file).is_file()
+    assert 0 <= float(map50) <= 1
+
+
+def test_compress_stage_failure_is_one_line(tmp_path, tiny_models, synth_obb, capsys, monkeypatch):
+    """A failing stage stops the pipeline with one line naming it; what earlier stages wrote stays."""
+    from ds2d2_yolo.trainer import DS2D2Trainer
+
+    def broken(self):
+        raise RuntimeError("simulated training failure\nsecond line")
+
+    monkeypatch.setattr(DS2D2Trainer, "train", broken)
+    argv = ["compress", f"model={tiny_models['obb_teacher']}", f"data={synth_obb}", "imgsz=64", "epochs=1"]
+    argv += ["runs=2", "int8=onnx", f"project={tmp_path}", "name=fail"]
+    assert entrypoint(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stage 'distil' failed: simulated training failure" in err[0], err
+    save_dir = tmp_path / "fail"
+    rows = json.loads((save_dir / "results.json").read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["teacher", "teacher-onnx", "pruned"]
+    assert (save_dir / "pruned.pt").is_file() and "second line" in (save_dir / "error.txt").read_text()
+
+
+def test_compress_cli_mistakes_one_line(tmp_path, tiny_models, synth_obb, capsys):
+    """compress checks its keys before any folder exists."""
+    base = ["compress", f"model={tiny_models['obb_teacher']}", f"data={synth_obb}", f"project={tmp_path / 'runs'}"]
+    cases = {
+        "ratio=1": "between 0 and 1",
+        "int8=tensorrt": "'tensorrt' is unknown",
+        "distill=kd": "distill=kd",
+        "epochs=0": "at least 1",
+        f"cfg={tmp_path / 'none.yaml'}": "not found",
+        f"data={tmp_path / 'none.yaml'}": "data=",
+    }
+    for arg, expected in cases.items():
+        assert entrypoint([*base, arg]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (arg, err)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_prune_cli_mistakes_one_line(tmp_path, tiny_models, capsys):

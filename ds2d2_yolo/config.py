@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from ds2d2_yolo.cfg import CFG_DIR
+from ds2d2_yolo.methods import distill_methods
 
-DISTILL_METHODS = ("ds2d2", "cwd", "mgd", "native", "none")
 DISW_MODES = ("auto", "hbb", "obb", "none")
 WAVE_MODES = ("zero", "symmetric", "periodization", "reflect", "periodic", "constant", "smooth")
 WEIGHT_KEYS = (
@@ -108,8 +108,8 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
             raise DS2D2ArgError(f"unknown DS2D2 key '{k}'; valid keys are: {', '.join(cfg)}")
         cfg[k] = v
     cfg["distill"] = str(cfg["distill"]).lower()
-    if cfg["distill"] not in DISTILL_METHODS:
-        raise DS2D2ArgError(f"'distill={cfg['distill']}' is unknown; choose one of {', '.join(DISTILL_METHODS)}")
+    if cfg["distill"] not in distill_methods():
+        raise DS2D2ArgError(f"'distill={cfg['distill']}' is unknown; choose one of {', '.join(distill_methods())}")
     for k in WEIGHT_KEYS:
         cfg[k] = _to_float(k, cfg[k])
     if cfg["cwd_tau"] == 0:  # the softmax temperature divides the logits: 0 makes every CWD step NaN
@@ -149,6 +149,53 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
     for k in ("teacher", "amplifier"):
         cfg[k] = str(cfg[k]) if cfg[k] not in (None, "", "None", "none") else None
     return cfg
+
+
+def warn_args(cfg: dict[str, Any]) -> list[str]:
+    """Check a validated DS2D2 argument dict for settings that are legal but almost surely a mistake.
+
+    Called once per new run (not on resume, whose settings come from the checkpoint), after `check_args`.
+
+    Args:
+        cfg (dict): Output of `check_args`.
+
+    Returns:
+        (list[str]): One-line warnings: a loss weight far above any useful value, an `amplifier=` or `teacher=` that
+            this method never reads.
+
+    Raises:
+        DS2D2ArgError: For `amp_epochs=0` when the amplifier would be trained: it would distil from an untrained head.
+    """
+    # Loss weights are relative to a detection loss of ~10 (cfg/ds2d2.yaml); past these bounds one term outweighs
+    # it by orders of magnitude, which is a typo (1e3 for 1e-3) rather than a setting.
+    bounds = {
+        "lambda_exl": 100,
+        "lambda_exh": 100,
+        "lambda_imf": 100,
+        "lambda_imh": 100,
+        "box_kd": 100,
+        "cwd_weight": 100,
+        "mgd_alpha": 1,
+        "beta": 10,
+        "cwd_tau": 100,
+    }
+    out = [
+        f"'{k}={cfg[k]:g}' is far above any useful value (> {v}); the distillation term will swamp the detection loss"
+        for k, v in bounds.items()
+        if k in cfg and cfg[k] > v
+    ]
+    method, high = cfg["distill"], cfg["distill"] == "ds2d2" and cfg["implicit_high"]
+    if high and not cfg["amplifier"] and cfg["amp_epochs"] == 0:
+        raise DS2D2ArgError(
+            "'amp_epochs=0' would distil from an untrained amplifier; use amp_epochs>=1, "
+            "amplifier=path/to/amplifier.pt, or implicit_high=false"
+        )
+    if cfg["amplifier"] and not high:
+        why = "implicit_high=false" if method == "ds2d2" else f"distill={method}"
+        out.append(f"'amplifier={cfg['amplifier']}' is ignored: {why} uses no high-frequency amplifier")
+    if cfg["teacher"] and method == "none":
+        out.append(f"'teacher={cfg['teacher']}' is ignored with distill=none (no distillation); set distill= to use it")
+    return out
 
 
 def resolve_data(data: Any) -> Any:

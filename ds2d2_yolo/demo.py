@@ -27,11 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ds2d2_yolo.methods import REGISTRY
+
 DISCLAIMER = (
     "A short run on one seed demonstrates the pipeline; it is not evidence that one method beats another. "
     "See `ds2d2-yolo benchmark` and docs/BENCHMARKS.md for the controlled comparison (several seeds, held-out data)."
 )
-LOSS_COLUMNS = ("ex_low", "ex_high", "im_full", "im_high")
+LOSS_COLUMNS = REGISTRY["ds2d2"].loss_names
 METHODS = ("none", "ds2d2")
 # Shared by the teacher and both students. With a few hundred optimizer steps from scratch at 128 px, mosaic delays
 # learning until it is switched off (a width-0.125 student scored 0.08 mAP50 with it, 0.22 without, in 240 steps), and

@@ -8,19 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ds2d2_yolo.connectors import Adapter, MGDGenerator
+from ds2d2_yolo.connectors import Adapter
 from ds2d2_yolo.diagnostics import feature_distance, grad_stats
-from ds2d2_yolo.disw import disw_weights
-from ds2d2_yolo.dwt import DWT2d, high_frequency
+from ds2d2_yolo.disw import resolve_disw_mode
+from ds2d2_yolo.dwt import DWT2d
 from ds2d2_yolo.hooks import capture_head_inputs, detection_head, head_features
-from ds2d2_yolo.kd import amplifier_kd
-from ds2d2_yolo.losses import cwd_loss, explicit_band_loss, mgd_loss
-
-LOSS_NAMES = {
-    "ds2d2": ("ex_low", "ex_high", "im_full", "im_high"),
-    "cwd": ("cwd",),
-    "mgd": ("mgd",),
-}
+from ds2d2_yolo.methods import REGISTRY
 
 # Attributes Ultralytics reads or writes on `trainer.model`; they belong to the student.
 _STUDENT_ATTRS = frozenset({"names", "nc", "args", "stride", "yaml", "criterion", "class_weights", "end2end", "task"})
@@ -38,16 +31,6 @@ def match_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot feed {c}-channel images to a {channels}-channel teacher")
 
 
-def _boxes_px(batch: dict, hw: tuple[int, int]) -> torch.Tensor:
-    """Ground-truth boxes of a batch in input pixels: xyxy (M, 4) for detect, xywhr (M, 5) for OBB."""
-    b = batch["bboxes"].float()
-    h, w = hw
-    if b.shape[-1] == 5:
-        return torch.cat([b[:, :4] * b.new_tensor([w, h, w, h]), b[:, 4:]], 1)
-    xy, wh = b[:, :2] * b.new_tensor([w, h]), b[:, 2:4] * b.new_tensor([w, h])
-    return torch.cat([xy - wh / 2, xy + wh / 2], 1)
-
-
 class DS2D2Model(nn.Module):
     """Training-time wrapper for feature distillation into an Ultralytics detection or OBB student.
 
@@ -60,7 +43,8 @@ class DS2D2Model(nn.Module):
         student_model (nn.Module): The student being trained.
         adapters (nn.ModuleList): 1x1 conv per level, student to teacher channels.
         generators (nn.ModuleList): MGD generation blocks (empty unless method is "mgd").
-        method (str): "ds2d2", "cwd" or "mgd".
+        method (str): A feature method of `ds2d2_yolo.methods.REGISTRY` ("ds2d2", "cwd", "mgd").
+        impl (FeatureMethod): That method, which computes the terms.
         cfg (dict): Validated DS2D2 arguments.
     """
 
@@ -102,17 +86,19 @@ class DS2D2Model(nn.Module):
             )
         s_ch, t_ch = self._level_channels(student_model), self._level_channels(teacher_model)
         self.adapters = nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch))
-        # With adapters=per_stream the implicit stream gets its own adapters: one shared adapter can absorb the
-        # feature matching of one stream instead of passing it on to the student's neck.
-        per_stream = self.method == "ds2d2" and cfg.get("adapters", "shared") == "per_stream"
-        self.adapters_im = nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch) if per_stream)
+        self.impl = REGISTRY[self.method]
+        extra = self.impl.connectors(s_ch, t_ch, cfg)
+        unknown = set(extra) - {"generators", "adapters_im"}
+        if unknown:
+            raise TypeError(f"method '{self.method}' returned connectors the wrapper does not know: {sorted(unknown)}")
+        self.generators = extra.get("generators", nn.ModuleList())  # MGD's generation blocks
+        self.adapters_im = extra.get("adapters_im", nn.ModuleList())  # DS2D2's implicit-stream adapters (per_stream)
         self.kd_scale = 1.0  # warm-up factor on the distillation total, set by the trainer each step
         self.diagnose_next = False  # the trainer asks for gradient diagnostics on the next training step
         self.diagnostics: dict[str, float] | None = None
-        self.generators = nn.ModuleList(MGDGenerator(ct, cfg["mgd_mask_ratio"]) for ct in t_ch if self.method == "mgd")
         self.dwt = DWT2d(cfg["wavelet"], cfg["wave_mode"])
         task = "obb" if s_head.__class__.__name__.startswith("OBB") else "detect"
-        self.disw_mode = {"auto": "obb" if task == "obb" else "hbb"}.get(cfg["disw"], cfg["disw"])
+        self.disw_mode = resolve_disw_mode(cfg["disw"], task)
 
     # ----------------------------------------------------------------------------------------------------------
     # plumbing: hidden frozen modules, attribute forwarding to the student, pickling
@@ -191,7 +177,7 @@ class DS2D2Model(nn.Module):
     @property
     def loss_names(self) -> tuple[str, ...]:
         """Names of the distillation terms logged for this method."""
-        return LOSS_NAMES[self.method]
+        return self.impl.loss_names
 
     def loss(self, batch: dict, preds: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Student YOLO loss plus the distillation terms.
@@ -285,58 +271,8 @@ class DS2D2Model(nn.Module):
         Returns:
             (dict[str, torch.Tensor]): Term name -> weighted scalar.
         """
-        cfg = self.cfg
         s_ad = [a(f.float()) for a, f in zip(self.adapters, s_feats)]
-        t_feats = [f.float() for f in t_feats]
-        zero = s_ad[0].new_zeros(())
-        if self.method == "cwd":
-            return {"cwd": cfg["cwd_weight"] * sum(cwd_loss(s, t, cfg["cwd_tau"]) for s, t in zip(s_ad, t_feats))}
-        if self.method == "mgd":
-            return {"mgd": cfg["mgd_alpha"] * sum(mgd_loss(g(s), t) for g, s, t in zip(self.generators, s_ad, t_feats))}
-
-        out = dict.fromkeys(self.loss_names, zero)
-        need_dwt = cfg["explicit"] or cfg["implicit_high"]
-        hi_s, hi_t = [], []
-        if need_dwt:
-            img_hw = tuple(batch["img"].shape[-2:])
-            boxes = _boxes_px(batch, img_hw) if self.disw_mode != "none" else None
-            bidx = batch["batch_idx"].view(-1).long() if boxes is not None else None
-            lo_sum, hi_sum = zero, zero
-            for fs, ft in zip(s_ad, t_feats):
-                ll_s, h_s = self.dwt(fs)
-                ll_t, h_t = self.dwt(ft)
-                hi_s.append(h_s)
-                hi_t.append(h_t)
-                if cfg["explicit"]:
-                    if boxes is None:
-                        w = ll_s.new_ones(ll_s.shape[0], 1, *ll_s.shape[-2:])
-                    else:
-                        w = disw_weights(boxes, bidx, ll_s.shape[0], img_hw, tuple(ll_s.shape[-2:]), self.disw_mode)
-                    lo, hi = explicit_band_loss(ll_s, h_s, ll_t, h_t, w)
-                    lo_sum, hi_sum = lo_sum + lo, hi_sum + hi
-            out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
-
-        kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
-        s_im = [a(f.float()) for a, f in zip(self.adapters_im, s_feats)] if len(self.adapters_im) else s_ad
-        if cfg["implicit_full"]:
-            head = detection_head(self.teacher_model)
-            with torch.no_grad():
-                t_out = head.forward_head(t_feats, **head.one2many)
-            s_out = head.forward_head(s_im, **head.one2many)
-            out["im_full"] = cfg["lambda_imf"] * amplifier_kd(head, s_out, t_out, t_feats, **kd)
-        if cfg["implicit_high"]:
-            if self.amplifier is None:
-                raise RuntimeError("implicit_high is on but no high-frequency amplifier was built or loaded")
-            amp = self.amplifier
-            if s_im is not s_ad:
-                hi_s = [self.dwt(f)[1] for f in s_im]
-            hf_s = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_s, s_im)]
-            with torch.no_grad():
-                hf_t = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_t, t_feats)]
-                t_out = amp.forward_head(hf_t, **amp.one2many)
-            s_out = amp.forward_head(hf_s, **amp.one2many)
-            out["im_high"] = cfg["lambda_imh"] * amplifier_kd(amp, s_out, t_out, t_feats, **kd)
-        return out
+        return self.impl.terms(self, s_feats, s_ad, [f.float() for f in t_feats], batch)
 
     # ----------------------------------------------------------------------------------------------------------
     def connector_state(self) -> dict[str, torch.Tensor]:

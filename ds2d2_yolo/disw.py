@@ -17,6 +17,11 @@ DISW_MODES = ("hbb", "obb")
 _MAX_CANDIDATES = 1 << 22  # candidate cells per obb pass; larger batches run in chunks to bound memory
 
 
+def resolve_disw_mode(mode: str, task: str) -> str:
+    """The DISW rule a `disw=` value means for a task: `auto` is the rotated rule for OBB and box ranges for detect."""
+    return ("obb" if task == "obb" else "hbb") if mode == "auto" else mode
+
+
 def xywhr_to_xyxy_hull(boxes: torch.Tensor) -> torch.Tensor:
     """Return the axis-aligned hull (x1, y1, x2, y2) of rotated boxes (cx, cy, w, h, angle in radians).
 

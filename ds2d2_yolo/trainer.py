@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import tempfile
+import weakref
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from ultralytics import __version__ as ULTRALYTICS_VERSION
-from ultralytics.cfg import DEFAULT_CFG
+from ultralytics.cfg import DEFAULT_CFG, get_save_dir
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import LOCAL_RANK, LOGGER, RANK, TQDM
@@ -31,34 +36,70 @@ from ds2d2_yolo.amplifier import (
     amplifier_from_state,
     amplifier_state,
     atomic_save,
+    atomic_write,
     hf_features,
     load_amplifier,
     save_amplifier,
     train_amplifier,
 )
-from ds2d2_yolo.config import DS2D2ArgError, check_args, resolve_data, split_overrides
+from ds2d2_yolo.config import DS2D2ArgError, check_args, resolve_data, split_overrides, warn_args
 from ds2d2_yolo.diagnostics import DiagnosticsLog, balanced_weights
 from ds2d2_yolo.distiller import DS2D2Model, match_channels
 from ds2d2_yolo.dwt import DWT2d
 from ds2d2_yolo.hooks import detection_head, head_features
+from ds2d2_yolo.methods import feature_methods, term_weights
 from ds2d2_yolo.probe import head_map
 from ds2d2_yolo.schedule import KDSchedule
-from ds2d2_yolo.teacher import Teacher, fuse_frozen, load_teacher, read_teacher
+from ds2d2_yolo.teacher import (
+    Teacher,
+    check_levels,
+    fuse_frozen,
+    load_checkpoint_safely,
+    load_teacher,
+    read_teacher,
+    safe_loading,
+    torch_load_safely,
+)
 
-FEATURE_METHODS = ("ds2d2", "cwd", "mgd")
-# Logged term -> the DS2D2 key of its loss weight (what gradient balancing rescales).
-TERM_WEIGHTS = {
-    "ex_low": "lambda_exl",
-    "ex_high": "lambda_exh",
-    "im_full": "lambda_imf",
-    "im_high": "lambda_imh",
-    "cwd": "cwd_weight",
-    "mgd": "mgd_alpha",
-}
+LOCK_NAME = ".ds2d2.lock"  # in the run folder while a process trains into it: "<pid> <host>"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def resume_path(overrides: dict[str, Any]) -> str | None:
+    """Return the checkpoint a resume names: `resume=path`, else `model=path.pt` with `resume=True`.
+
+    `yolo train resume model=last.pt` continues that file. Ultralytics' trainer, given `resume=True`, would take the
+    newest last.pt under the working directory instead, which may be another run.
+
+    Args:
+        overrides (dict): Trainer overrides.
+
+    Returns:
+        (str | None): The named checkpoint, or None when no resume is asked for or none is named.
+    """
+    resume = overrides.get("resume")
+    if not resume:
+        return None
+    if isinstance(resume, (str, Path)) and not isinstance(resume, bool):
+        return str(resume)
+    model = overrides.get("model")
+    return str(model) if isinstance(model, (str, Path)) and str(model).endswith(".pt") else None
+
+
+def _yaml_task(model: str | Path) -> str:
+    """The task of a model yaml, read from its head as Ultralytics' `Model` does (not from the file name)."""
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+
+    try:
+        return guess_model_task(yaml_model_load(str(model)))
+    except Exception:  # an unreadable yaml is reported where Ultralytics builds the model
+        return guess_model_task(str(model))
 
 
 def resolve_task(overrides: dict[str, Any]) -> str:
-    """Return the task the student model implies ("detect" or "obb"), the way Ultralytics guesses it.
+    """Return the task the student model implies ("detect" or "obb"), the way Ultralytics finds it.
+
+    A checkpoint is read (restricted, see `safe_loading`) and a yaml is parsed: its head decides, whatever its name.
 
     Args:
         overrides (dict): Trainer overrides (model, task, resume).
@@ -67,17 +108,20 @@ def resolve_task(overrides: dict[str, Any]) -> str:
         (str): The task.
 
     Raises:
-        DS2D2ArgError: For tasks other than detect and obb.
+        DS2D2ArgError: For tasks other than detect and obb, and for a checkpoint the restricted load refuses.
     """
-    from ultralytics.nn.tasks import guess_model_task, load_checkpoint
+    from ultralytics.nn.tasks import guess_model_task
 
     task = overrides.get("task")
     if not task:
-        model = overrides.get("resume") if isinstance(overrides.get("resume"), (str, Path)) else overrides.get("model")
+        named = resume_path(overrides)
+        model = named or overrides.get("model")
         if isinstance(model, torch.nn.Module):
             task = guess_model_task(model)
         elif model and str(model).endswith(".pt") and Path(model).is_file():
-            task = guess_model_task(load_checkpoint(str(model))[0])
+            task = guess_model_task(load_checkpoint_safely(model, "resume checkpoint" if named else "model")[0])
+        elif model and str(model).endswith((".yaml", ".yml")):
+            task = _yaml_task(model)
         else:
             task = guess_model_task(model) if model else "detect"
     if task not in {"detect", "obb"}:
@@ -138,25 +182,38 @@ class DS2D2Trainer(DetectionTrainer):
         self.teacher: Teacher | None = None
         self._resume_state: dict | None = None
         self._amplifier = None
+        self._lock: Path | None = None
+        if overrides.get("resume"):
+            # Name the file now, so Ultralytics resumes exactly it (never "the latest run"), and read it before the
+            # run folder, the teacher or the data are touched: a finished or foreign file costs nothing.
+            overrides["resume"] = self._resume_file(overrides)
+            self._check_resumable(overrides["resume"], mine)
+        elif carried is None and RANK in {-1, 0}:
+            for msg in warn_args(self.ds2d2):
+                LOGGER.warning(f"DS2D2: {msg}")
         if self.ds2d2["distill"] == "native":
             if not self.ds2d2["teacher"]:
                 raise DS2D2ArgError("distill=native needs a teacher; pass teacher=path/to/teacher.pt")
             overrides["distill_model"] = self.ds2d2["teacher"]
         early_task, early_teacher = None, None
-        if self.ds2d2["distill"] in FEATURE_METHODS and not overrides.get("resume"):
+        if self.ds2d2["distill"] in feature_methods() and not overrides.get("resume"):
             # Check the teacher before Ultralytics creates the run folder and checks (or downloads) the dataset, so
             # a bad teacher path costs nothing and leaves nothing behind. Only the class names wait for the data.
             early_task = "obb" if isinstance(self, OBBTrainer) else resolve_task(overrides)
             early_teacher = read_teacher(self.ds2d2["teacher"], early_task)
             if self.ds2d2["distill"] == "ds2d2" and early_task == "detect" and self.ds2d2["disw"] == "obb":
                 raise DS2D2ArgError("'disw=obb' needs oriented boxes but this is a detect model; use disw=hbb or auto")
-        super().__init__(cfg, overrides, _callbacks)
+            student = _student_model(overrides.get("model"), early_task)
+            if student is not None:
+                check_levels(early_teacher, student, self.ds2d2["teacher"])
         try:
+            super().__init__(cfg, overrides, _callbacks)
             self._setup_distillation(mine, early_teacher if early_task == self.args.task else None)
-        except DS2D2ArgError:
-            self._discard_new_run_dir()
+            self._check_amplifier_path()
+        except BaseException:
+            self._abandon()
             raise
-        if self.ds2d2["distill"] in FEATURE_METHODS and self.args.compile:
+        if self.ds2d2["distill"] in feature_methods() and self.args.compile:
             # The compiled step calls model(img) and then loss(batch, preds); our loss needs the head inputs of its
             # own forward, so it would run the student twice. Ultralytics disables compile for distill_model too.
             LOGGER.warning(f"DS2D2: 'compile' is not supported with distill={self.ds2d2['distill']}; disabling it")
@@ -174,9 +231,7 @@ class DS2D2Trainer(DetectionTrainer):
             given (dict): The DS2D2 keys the user passed.
             teacher_model (nn.Module | None): The teacher already read and task-checked, or None to read it here.
         """
-        if self.resume:
-            self._restore_resume_state(given)
-        if self.ds2d2["distill"] not in FEATURE_METHODS:
+        if self.ds2d2["distill"] not in feature_methods():
             return
         self.teacher = load_teacher(self.ds2d2["teacher"], self.args.task, self.data["names"], model=teacher_model)
         saved_fp = (self._resume_state or {}).get("teacher_fingerprint")
@@ -196,22 +251,65 @@ class DS2D2Trainer(DetectionTrainer):
             )
 
     def _discard_new_run_dir(self) -> None:
-        """Remove the run folder Ultralytics created for a run that failed its checks, if it holds only args.yaml."""
-        if self.resume or RANK not in {-1, 0}:
+        """Remove the run folder a run that failed its checks created, if it holds only args.yaml and the lock."""
+        if getattr(self, "resume", False) or RANK not in {-1, 0}:
             return  # a resumed run's folder holds the user's checkpoints
-        save_dir = Path(self.save_dir)
-        if {p.relative_to(save_dir).as_posix() for p in save_dir.rglob("*")} <= {"args.yaml", "weights"}:
+        save_dir = getattr(self, "save_dir", None) or (self._lock.parent if self._lock else None)
+        if save_dir is None or not Path(save_dir).is_dir():
+            return
+        save_dir = Path(save_dir)
+        if {p.relative_to(save_dir).as_posix() for p in save_dir.rglob("*")} <= {"args.yaml", "weights", LOCK_NAME}:
             shutil.rmtree(save_dir, ignore_errors=True)
 
-    def _restore_resume_state(self, given: dict[str, Any]) -> None:
+    def _abandon(self) -> None:
+        """Undo what a run that stopped before training left: its lock, and a run folder with nothing of the user's."""
+        self._discard_new_run_dir()
+        self._release_lock()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Resume: the named checkpoint, next to it, and only when there is something left to train
+    @staticmethod
+    def _resume_file(overrides: dict[str, Any]) -> str:
+        """The checkpoint to resume: the one named, else (a bare `resume=True`) the newest last.pt, as Ultralytics."""
+        path = resume_path(overrides)
+        if path is None:
+            from ultralytics.utils.files import get_latest_run
+
+            path = get_latest_run()
+            if not path:
+                raise DS2D2ArgError("resume found no last.pt under the working directory; pass resume=path/to/last.pt")
+            LOGGER.info(f"DS2D2: resume names no checkpoint; resuming the newest one, {path}")
+        if not Path(path).is_file():
+            raise DS2D2ArgError(f"resume checkpoint '{path}' not found; pass resume=runs/<task>/<name>/weights/last.pt")
+        return str(path)
+
+    def _check_resumable(self, path: str, given: dict[str, Any]) -> None:
+        """Read the checkpoint to resume (restricted load), refuse a finished run, and restore its DS2D2 settings."""
+        try:
+            ckpt = torch_load_safely(path, "resume checkpoint")
+        except DS2D2ArgError:
+            raise
+        except Exception as e:
+            msg = _ANSI.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DS2D2ArgError(f"resume checkpoint '{path}' is unreadable ({msg}); pass a last.pt") from None
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), torch.nn.Module):
+            raise DS2D2ArgError(f"'{path}' is not an Ultralytics training checkpoint; pass a last.pt to resume=")
+        epochs = (ckpt.get("train_args") or {}).get("epochs")
+        start = int(ckpt.get("epoch", -1)) + 1
+        if start <= 0 or (epochs and start >= int(epochs)):
+            raise DS2D2ArgError(
+                f"'{path}' is a finished run (trained to {epochs} epochs): nothing to resume; start a new run, e.g. "
+                f"model={path} to fine-tune from it"
+            )
+        self._restore_resume_state(given, path, ckpt)
+
+    def _restore_resume_state(self, given: dict[str, Any], path: str, ckpt: dict[str, Any]) -> None:
         """Take the distillation settings from the checkpoint being resumed; only a moved teacher path may change."""
-        path = self.args.resume if isinstance(self.args.resume, str) else self.args.model
-        ckpt = torch_load(path, map_location="cpu")
-        state = ckpt.get("ds2d2") if isinstance(ckpt, dict) else None
+        state = ckpt.get("ds2d2")
         if not state:
-            if self.ds2d2["distill"] in FEATURE_METHODS:
+            if self.ds2d2["distill"] in feature_methods():
                 raise DS2D2ArgError(
-                    f"'{self.args.resume}' holds no DS2D2 state to resume; start a new run or resume a DS2D2 last.pt"
+                    f"'{path}' holds no DS2D2 state to resume; start a new run or resume a DS2D2 last.pt"
                 )
             return
         cfg = dict(state["args"])
@@ -223,9 +321,174 @@ class DS2D2Trainer(DetectionTrainer):
         self.ds2d2 = check_args(cfg)
         self._resume_state = state
 
+    def check_resume(self, overrides):
+        """Ultralytics' resume (restricted load), writing next to the checkpoint; then the device and the run lock.
+
+        Called by Ultralytics first thing, before it creates the run folder, so everything refused here leaves nothing.
+        """
+        with safe_loading():
+            super().check_resume(overrides)
+        if self.resume and "save_dir" not in overrides:  # a DDP worker is handed its parent's save_dir
+            # The checkpoint's own train_args name the folder it was first written in; a copied or moved run must
+            # write beside the file that was named.
+            last = Path(self.args.resume).resolve()
+            self.args.save_dir = str(last.parent.parent if last.parent.name == "weights" else last.parent)
+        self._check_device()
+        if RANK == -1:  # DDP workers train into the folder their parent holds
+            self._take_lock()
+
+    def _check_device(self) -> None:
+        """Refuse a device this machine does not have (Ultralytics raises a multi-line ValueError)."""
+        from ultralytics.utils.torch_utils import parse_device, select_device
+
+        try:
+            select_device(parse_device(self.args.device), verbose=False)
+        except ValueError as e:
+            why = _ANSI.sub("", str(e)).split(".")[0] if torch.cuda.is_available() else "torch sees no CUDA GPU here"
+            raise DS2D2ArgError(f"device={self.args.device} is not available ({why}); pass device=cpu") from None
+
+    def _take_lock(self) -> None:
+        """Hold the run folder with a lock file (pid and host), refusing a folder a live process trains into."""
+        save_dir = get_save_dir(self.args)
+        self.args.save_dir = str(save_dir)  # Ultralytics' own get_save_dir returns it unchanged
+        lock = save_dir / LOCK_NAME
+        try:
+            save_dir.mkdir(parents=True, exist_ok=True)
+            take_lock(lock)
+        except OSError as e:
+            raise DS2D2ArgError(
+                f"cannot write the run folder '{save_dir}' ({e.strerror or e}); pass project= a folder you can write"
+            ) from None
+        self._lock = lock
+        weakref.finalize(self, release_lock, lock)  # released at exit even when train() is never called
+        stale = [*save_dir.glob(".*.tmp"), *(save_dir / "weights").glob(".*.tmp")]
+        for f in stale:  # temporaries of a killed writer; nobody else writes here while we hold the lock
+            f.unlink(missing_ok=True)
+        if stale:
+            LOGGER.info(f"DS2D2: removed {len(stale)} temporary file(s) an interrupted run left in {save_dir}")
+
+    def _release_lock(self) -> None:
+        """Release the run folder's lock, if this process holds it."""
+        if self._lock is not None:
+            release_lock(self._lock)
+            self._lock = None
+
+    def _check_amplifier_path(self) -> None:
+        """Fail now, not after the amplifier has trained, when amplifier.pt cannot be written in the run folder."""
+        if self.teacher is None or self._amplifier is not None or RANK not in {-1, 0}:
+            return
+        if not (self.ds2d2["distill"] == "ds2d2" and self.ds2d2["implicit_high"]):
+            return
+        path = Path(self.save_dir) / "amplifier.pt"
+        try:
+            if path.is_dir():
+                raise IsADirectoryError(21, "it is a folder")
+            os.close((probe := tempfile.mkstemp(prefix=".amplifier.pt.", suffix=".tmp", dir=path.parent))[0])
+            os.unlink(probe[1])
+        except OSError as e:
+            raise DS2D2ArgError(
+                f"cannot write the amplifier to '{path}' ({e.strerror or e}); remove it, or pass project=/name= for "
+                "another run folder"
+            ) from None
+
+    def train(self):
+        """Ultralytics' training; a setup failure reported in one line removes the empty run folder; always unlock."""
+        try:
+            super().train()
+        except DS2D2ArgError:
+            self._discard_new_run_dir()
+            raise
+        finally:
+            self._release_lock()
+
+    def get_dataset(self):
+        """Ultralytics' dataset check, with its failures (missing data=, yaml or folders) reported in one line."""
+        if not self.args.data:
+            raise DS2D2ArgError("no data= given; pass data=path/to/data.yaml (or data=DOTAv1.yaml / data=DIOR.yaml)")
+        try:
+            return super().get_dataset()
+        except RuntimeError as e:
+            cause = e.__cause__ or e
+            msg = _ANSI.sub("", str(cause)).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise DS2D2ArgError(f"data={self.args.data}: {msg}") from None
+
+    def build_dataset(self, img_path, mode: str = "train", batch=None):
+        """Ultralytics' dataset, with a folder of no images, or of no valid labels, reported in one line."""
+        try:
+            return super().build_dataset(img_path, mode, batch)
+        except (FileNotFoundError, RuntimeError, ValueError) as e:
+            chain = []
+            while e is not None:
+                chain.append(_ANSI.sub("", str(e)))
+                e = e.__cause__
+            text = "\n".join(chain)
+            if "OBB dataset requires equal numbers of boxes and segments" in text:
+                raise DS2D2ArgError(
+                    f"the {mode} labels in {img_path} are detect boxes ('cls xc yc w h') but the model is OBB; OBB labels "
+                    "are 'cls x1 y1 x2 y2 x3 y3 x4 y4' (ds2d2-yolo convert writes them), or train a detect model"
+                ) from None
+            if "No valid images" in text:
+                issues = [
+                    ln.split("ignoring corrupt image/label:", 1)[1].strip()
+                    for ln in text.splitlines()
+                    if "ignoring corrupt" in ln
+                ]
+                example = f" (e.g. {issues[0]})" if issues else ""
+                raise DS2D2ArgError(
+                    f"no {mode} image in {img_path} has a valid label file{example}; OBB labels are "
+                    "'cls x1 y1 x2 y2 x3 y3 x4 y4' and detect labels 'cls xc yc w h', all normalised to 0-1"
+                ) from None
+            if "No images found" in text or "does not exist" in text:
+                raise DS2D2ArgError(
+                    f"no {mode} images found in {img_path}; put the images there or fix '{mode}:' in the data yaml"
+                ) from None
+            raise
+
+    def resume_training(self, ckpt):
+        """Ultralytics' resume, then drop results.csv rows of epochs the checkpoint does not hold (a crash after a
+        row was written but before its checkpoint would otherwise log that epoch twice)."""
+        super().resume_training(ckpt)
+        if ckpt is None or not self.resume or RANK not in {-1, 0} or not self.csv.is_file():
+            return
+        lines = self.csv.read_text(encoding="utf-8").splitlines(keepends=True)
+
+        def epoch(line: str) -> float:
+            try:
+                return float(line.split(",", 1)[0])
+            except ValueError:
+                return float("inf")
+
+        keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and epoch(ln) <= self.start_epoch]
+        if len(keep) < len(lines):
+            atomic_write(self.csv, lambda tmp: tmp.write_text("".join(keep), encoding="utf-8"))
+            LOGGER.info(
+                f"DS2D2: dropped {len(lines) - len(keep)} results.csv row(s) after epoch {self.start_epoch}, the "
+                "last one the resumed checkpoint holds"
+            )
+
+    def label_loss_items(self, loss_items=None, prefix: str = "train"):
+        """Ultralytics' labelled loss items, less the validation columns of the distillation terms (always 0 there)."""
+        items = super().label_loss_items(loss_items, prefix)
+        model = unwrap_model(self.model) if isinstance(self.model, torch.nn.Module) else None
+        if prefix != "val" or not isinstance(model, DS2D2Model):
+            return items
+        kd = {f"val/{k}" for k in model.loss_names}
+        if loss_items is None:
+            return [k for k in items if k not in kd]
+        return {k: v for k, v in items.items() if k not in kd}
+
+    def plot_metrics(self):
+        """results.png as Ultralytics draws it, with the distillation terms beside its loss curves."""
+        from ds2d2_yolo.visualize import plot_results
+
+        model = unwrap_model(self.model) if isinstance(self.model, torch.nn.Module) else None
+        terms = tuple(model.loss_names) if isinstance(model, DS2D2Model) else ()
+        plot_results(self.csv, terms=terms, on_plot=self.on_plot)
+
     def setup_model(self):
-        """Build or load the student as Ultralytics does, then wrap it for feature distillation."""
-        ckpt = super().setup_model()
+        """Build or load the student as Ultralytics does (restricted load), then wrap it for feature distillation."""
+        with safe_loading():
+            ckpt = super().setup_model()
         if self.teacher is not None and not isinstance(self.model, DS2D2Model):
             amp = None if self._amplifier is None else fuse_frozen(deepcopy(self._amplifier))
             self.model = DS2D2Model(self.model, self.teacher.model, self.ds2d2, amplifier=amp)
@@ -322,7 +585,7 @@ class DS2D2Trainer(DetectionTrainer):
 
     def _rebalance(self, model: DS2D2Model) -> None:
         """Set each term's weight from the gradient ratios measured before this step (`balance=grad`)."""
-        keys = {k: v for k, v in TERM_WEIGHTS.items() if k in self._balance_ratios}
+        keys = {k: v for k, v in term_weights().items() if k in self._balance_ratios}
         old = {t: self.ds2d2[k] for t, k in keys.items()}
         new = balanced_weights(old, self._balance_ratios, self.ds2d2["balance_ratio"])
         if RANK != -1:
@@ -410,8 +673,9 @@ class DS2D2Trainer(DetectionTrainer):
         """Write last.pt/best.pt atomically, each a plain Ultralytics student checkpoint.
 
         The student (EMA) is saved under "ema" exactly as Ultralytics saves it, so the file loads, validates and
-        exports where this package is not installed. Distillation state goes under the extra "ds2d2" key as plain
-        tensors and dicts, so `resume=True` continues with the same teacher, adapters and amplifier.
+        exports where this package is not installed. Distillation state goes under the extra "ds2d2" key of last.pt
+        (and of `save_period` files) as plain tensors and dicts, so resume continues with the same teacher, adapters
+        and amplifier. best.pt, which nothing resumes from, records only the DS2D2 arguments: it is the plain student.
         """
         ema_model = self.ema.ema
         wrapped = isinstance(ema_model, DS2D2Model)
@@ -449,10 +713,14 @@ class DS2D2Trainer(DetectionTrainer):
         self.wdir.mkdir(parents=True, exist_ok=True)
         atomic_save(ckpt, self.last)
         if self.best_fitness == self.fitness:
-            atomic_save(ckpt, self.best)
+            atomic_save({**ckpt, "ds2d2": self._ds2d2_record()}, self.best)
         if (self.save_period > 0) and (self.epoch % self.save_period == 0):
             atomic_save(ckpt, self.wdir / f"epoch{self.epoch}.pt")
         return True
+
+    def _ds2d2_record(self) -> dict[str, Any]:
+        """The DS2D2 arguments a run was made with, without the state only resume needs (adapters, amplifier)."""
+        return {"version": __version__, "args": dict(self.ds2d2)}
 
     def _load_checkpoint_state(self, ckpt):
         """Load optimizer/scaler/EMA state; the EMA holds a plain student plus the saved connectors."""
@@ -504,7 +772,8 @@ class DS2D2Trainer(DetectionTrainer):
             if RANK in {-1, 0}:
                 ckpt = _strip_atomic(self.last) if self.last.exists() else {}
                 if self.best.exists():
-                    _strip_atomic(self.best, updates={"train_results": ckpt.get("train_results")})
+                    updates = {"train_results": ckpt.get("train_results"), "ds2d2": self._ds2d2_record()}
+                    _strip_atomic(self.best, updates=updates)
         if self.best.exists():
             LOGGER.info(f"\nValidating {self.best}...")
             self.validator.args.plots = self.args.plots
@@ -516,16 +785,127 @@ class DS2D2Trainer(DetectionTrainer):
             self.epoch -= 1
 
 
+class _NotStripped(Exception):
+    """strip_optimizer could not read the file (it logs why): nothing is written."""
+
+
+class _DropStripLog(logging.Filter):
+    """Drop Ultralytics' "Optimizer stripped from ... saved as <temporary file>" line; _strip_atomic logs its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Optimizer stripped from")
+
+
 def _strip_atomic(path: Path, updates: dict | None = None) -> dict:
-    """`strip_optimizer` into a temporary file, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.strip.tmp")
-    try:
-        ckpt = strip_optimizer(path, s=str(tmp), updates=updates)
-        if tmp.exists():
-            os.replace(tmp, path)
+    """`strip_optimizer` into a temporary file renamed over `path` (`atomic_write`); logs the final file's name."""
+
+    def write(tmp: Path) -> dict:
+        quiet = _DropStripLog()
+        LOGGER.addFilter(quiet)
+        try:
+            ckpt = strip_optimizer(path, s=str(tmp), updates=updates)
+        finally:
+            LOGGER.removeFilter(quiet)
+        if not ckpt:
+            raise _NotStripped
         return ckpt
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    try:
+        ckpt = atomic_write(path, write)
+    except _NotStripped:
+        return {}
+    LOGGER.info(f"Optimizer stripped from {path}, {path.stat().st_size / 1e6:.1f}MB")
+    return ckpt
+
+
+def _student_model(model: Any, task: str) -> torch.nn.Module | None:
+    """The student as far as its head levels go: a built yaml or a (restricted) loaded .pt; None if unknown yet."""
+    if isinstance(model, torch.nn.Module):
+        return model
+    if not isinstance(model, (str, Path)):
+        return None
+    m = str(model)
+    try:
+        if m.endswith(".pt") and Path(m).is_file():
+            return load_checkpoint_safely(m, "model")[0]
+        if m.endswith((".yaml", ".yml")):
+            from ultralytics.nn.tasks import DetectionModel, OBBModel
+
+            return (OBBModel if task == "obb" else DetectionModel)(m, verbose=False)
+    except DS2D2ArgError:
+        raise
+    except Exception:  # Ultralytics reports a bad model file itself, in its own words
+        return None
+    return None
+
+
+def take_lock(lock: Path) -> None:
+    """Create `lock` holding "<pid> <host>", taking over one whose process is gone or is this one.
+
+    Raises:
+        DS2D2ArgError: When another live process holds it.
+        OSError: When the folder cannot be written.
+    """
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and not _stale(*owner):
+                pid, host = owner
+                raise DS2D2ArgError(
+                    f"run folder '{lock.parent}' is in use by process {pid} on {host}; wait for it to finish, pass "
+                    f"another name= (or exist_ok=False), or delete {lock} if that run is gone"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return
+    raise DS2D2ArgError(f"run folder '{lock.parent}' is being taken by another process; retry")
+
+
+def _lock_owner(lock: Path) -> tuple[int, str] | None:
+    """(pid, host) of a lock file, or None when it is unreadable (a lock older than a few seconds is then stale)."""
+    try:
+        pid, host = lock.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        try:
+            young = (datetime.now().timestamp() - lock.stat().st_mtime) < 5  # its writer may still be writing
+        except OSError:
+            young = False
+        return (-1, socket.gethostname()) if young else None
+
+
+def _stale(pid: int, host: str) -> bool:
+    """Whether a lock's process is gone (or is this process); a lock of another host is never stale."""
+    if host != socket.gethostname():
+        return False
+    if pid == os.getpid():
+        return True  # this process again (a notebook re-running a cell): its earlier trainer is done with the folder
+    if pid < 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    try:  # a killed process its parent has not reaped yet is a zombie: gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def release_lock(lock: Path) -> None:
+    """Remove `lock` if this process holds it."""
+    try:
+        if int(lock.read_text().split()[0]) == os.getpid():
+            lock.unlink(missing_ok=True)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 class DS2D2OBBTrainer(DS2D2Trainer, OBBTrainer):
@@ -549,5 +929,8 @@ def build_amplifier_file(overrides: dict[str, Any]) -> Path:
     # The validation loader and validator score the amplifier on HF(teacher) maps of the validation images.
     trainer.test_loader = trainer.get_dataloader(trainer.data["val"], trainer.batch_size * 2, rank=-1, mode="val")
     trainer.validator = trainer.get_validator()
-    trainer._build_amplifier()
+    try:
+        trainer._build_amplifier()
+    finally:
+        trainer._release_lock()
     return trainer.save_dir / "amplifier.pt"

@@ -8,7 +8,7 @@ shape though not in scale; every panel has its own colour scale.
 
 Examples:
     >>> from ds2d2_yolo.visualize import run_visualize
-    >>> run_visualize("student.pt", "teacher.pt", "images/val/scene.png", imgsz=640, out="bands.png")
+    >>> run_visualize("student.pt", "teacher.pt", "images/val/scene.png", imgsz=640)  # runs/obb/visualize/bands.png
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 
 from ds2d2_yolo.config import DS2D2ArgError
 
+AUTO = "auto"  # an output path chosen like Ultralytics' predict: runs/<task>/<mode>, <mode>2, ...
 COLUMNS = ("input", "teacher LL", "teacher LH+HL+HH", "student LL", "student LH+HL+HH", "DISW")
 BOX_SOURCES = ("auto", "labels", "teacher")
 PAD_VALUE = 114  # Ultralytics' letterbox grey, so the padded border looks to the models as it does in training
@@ -69,15 +70,14 @@ def load_model(weights: str | Path | nn.Module) -> nn.Module:
 
     Raises:
         FileNotFoundError: When the file does not exist.
+        DS2D2ArgError: When the restricted load refuses the file (see `ds2d2_yolo.teacher.safe_loading`).
     """
     if isinstance(weights, nn.Module):
         model = weights
     else:
         if weights in (None, "") or not Path(weights).is_file():
             raise FileNotFoundError(f"model file '{weights}' not found; pass a trained Ultralytics .pt (or a yaml)")
-        from ultralytics import YOLO
-
-        model = YOLO(str(weights)).model
+        model = load_yolo(weights).model
     from ds2d2_yolo.hooks import detection_head
 
     detection_head(model)  # fail early, with the reason, on classify/segment-free models without a Detect head
@@ -85,6 +85,96 @@ def load_model(weights: str | Path | nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def load_yolo(weights: str | Path, what: str = "model") -> Any:
+    """`YOLO(weights)` with checkpoints loaded the restricted way (`ULTRALYTICS_SAFE_LOAD`), unless opted out.
+
+    Raises:
+        DS2D2ArgError: When the restricted load refuses the file because it references code.
+    """
+    from ultralytics import YOLO
+
+    from ds2d2_yolo.teacher import refused_global, safe_loading, unsafe_file_error
+
+    try:
+        with safe_loading():
+            return YOLO(str(weights))
+    except Exception as e:
+        name = refused_global(e)
+        if name:
+            raise unsafe_file_error(what, weights, name) from None
+        raise
+
+
+def run_dir(task: str, mode: str, project: str | Path | None = None, name: str | None = None) -> Path:
+    """A new output folder as Ultralytics' predict makes one: `<runs_dir>/<task>/<mode>`, then `<mode>2`, ...
+
+    Args:
+        task (str): "detect" or "obb".
+        mode (str): The command, e.g. "slice" or "visualize".
+        project (str | Path | None): Parent folder; None is Ultralytics' `runs_dir` setting plus the task.
+        name (str | None): Folder name; None is the mode.
+
+    Returns:
+        (Path): The created folder.
+    """
+    from ultralytics.utils import SETTINGS
+    from ultralytics.utils.files import increment_path
+
+    root = Path(project) if project else Path(SETTINGS["runs_dir"]) / task
+    return increment_path(root / (name or mode), exist_ok=False, mkdir=True)
+
+
+def plot_results(
+    csv: str | Path, terms: tuple[str, ...] = (), on_plot: Any = None, out: str | Path | None = None
+) -> Path | None:
+    """Draw results.png like Ultralytics' `plot_results`, with the distillation terms' training columns added.
+
+    Ultralytics plots only the columns named "*loss*" and "metrics/*", which leaves out `train/ex_low` and the other
+    terms. Here the first row holds every training loss and term, the second the metrics and validation losses.
+
+    Args:
+        csv (str | Path): A results.csv.
+        terms (tuple[str, ...]): Distillation term names (`train/<term>` columns).
+        on_plot (Callable | None): Called with the written path, as Ultralytics' trainer expects.
+        out (str | Path | None): Output file; None writes results.png beside the csv.
+
+    Returns:
+        (Path | None): The written file, or None when the csv has no rows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import polars as pl
+
+    csv = Path(csv)
+    data = pl.read_csv(csv.read_bytes(), infer_schema_length=None)
+    if not len(data):
+        return None
+    cols = data.columns
+    top = [c for c in cols if c.startswith("train/") and ("loss" in c or c[len("train/") :] in terms)]
+    bottom = [c for c in cols if c.startswith("metrics/")] + [c for c in cols if c.startswith("val/") and "loss" in c]
+    n = max(len(top), len(bottom), 1)
+    fig, ax = plt.subplots(2, n, figsize=(2.6 * n + 1, 6), tight_layout=True, squeeze=False)
+    x = data[cols[0]].to_numpy()
+    for row, names in enumerate((top, bottom)):
+        for i in range(n):
+            a = ax[row, i]
+            if i >= len(names):
+                a.set_visible(False)
+                continue
+            y = data[names[i]].to_numpy().astype(float)
+            a.plot(x, y, marker=".", label="results", linewidth=2, markersize=8)
+            a.set_title(names[i], fontsize=10 if names[i][len("train/") :] in terms else 12)
+    ax[0, 0].legend()
+    path = Path(out) if out else csv.with_name("results.png")
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+    if on_plot:
+        on_plot(path)
+    return path
 
 
 def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[float, float]]:
@@ -241,7 +331,7 @@ def band_maps(
         (list[LevelMaps]): One entry per head level.
     """
     from ds2d2_yolo.distiller import match_channels
-    from ds2d2_yolo.disw import disw_weights
+    from ds2d2_yolo.disw import disw_weights, resolve_disw_mode
     from ds2d2_yolo.dwt import DWT2d
     from ds2d2_yolo.hooks import detection_head, head_features
 
@@ -251,8 +341,7 @@ def band_maps(
             f"teacher head reads strides {t_head.stride.tolist()} but the model's reads {s_head.stride.tolist()}; "
             "compare models whose heads use the same levels"
         )
-    if disw_mode == "auto":
-        disw_mode = "obb" if type(t_head).__name__.startswith("OBB") else "hbb"
+    disw_mode = resolve_disw_mode(disw_mode, "obb" if type(t_head).__name__.startswith("OBB") else "detect")
     dwt = DWT2d(wavelet, wave_mode)
     with torch.no_grad():
         t_feats = head_features(teacher, match_channels(img, int(teacher.yaml.get("channels", 3))))
@@ -298,6 +387,10 @@ def _panel(
     ax.set_yticks([])
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.ax.tick_params(labelsize=6)
+    # Each tick carries its own exponent: matplotlib's shared scale label ("1e-3") sits above the bar, on the title.
+    from matplotlib.ticker import FuncFormatter
+
+    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
 
 
 def plot_levels(
@@ -368,9 +461,11 @@ def run_visualize(
     source: str | Path | None,
     imgsz: int = 640,
     wavelet: str = "haar",
-    out: str | Path = "bands.png",
+    out: str | Path | None = AUTO,
     boxes: str | np.ndarray | torch.Tensor | None = None,
     conf: float = 0.25,
+    project: str | Path | None = None,
+    name: str | None = None,
 ) -> Path:
     """Write a PNG of the DWT bands of teacher and student features and the DISW map, per head level, for one image.
 
@@ -380,12 +475,14 @@ def run_visualize(
         source (str | Path): Image file.
         imgsz (int): Square input size; rounded up to a multiple of the models' largest stride (32).
         wavelet (str): Discrete PyWavelets wavelet, as in training (`wavelet=`).
-        out (str | Path): Output PNG.
+        out (str | Path | None): Output PNG; "auto" (or None) is `bands.png` in a new `runs/<task>/visualize*` folder.
         boxes (str | np.ndarray | torch.Tensor | None): Boxes for DISW. None or "auto": the image's label file
             (Ultralytics `images/`->`labels/`, or DOTA `labelTxt/`) when one exists, else the teacher's predictions;
             "labels": the label file only; "teacher": the teacher's predictions; or an array of boxes in original
             image pixels, (N, 4) xyxy, (N, 5) xywhr (radians) or (N, 8) corners.
         conf (float): Confidence threshold for the teacher's predictions.
+        project (str | Path | None): With `out="auto"`, the parent of the new folder (default `runs/<task>`).
+        name (str | None): With `out="auto"`, the new folder's name (default "visualize").
 
     Returns:
         (Path): The written PNG. Its "Description" PNG text chunk holds the layout as JSON.
@@ -408,8 +505,12 @@ def run_visualize(
         raise DS2D2ArgError(f"'boxes={boxes}' is unknown; choose one of {', '.join(BOX_SOURCES)} or pass an array")
     if int(imgsz) < 1:
         raise DS2D2ArgError(f"'imgsz={imgsz}' must be a positive image size, e.g. imgsz=640")
-    source, out = Path(source), Path(out)
     t_model, s_model = load_model(teacher), load_model(model)
+    if out in (None, "", AUTO):
+        from ultralytics.nn.tasks import guess_model_task
+
+        out = run_dir(guess_model_task(t_model), "visualize", project, name) / "bands.png"
+    source, out = Path(source), Path(out)
     from ds2d2_yolo.hooks import detection_head
 
     stride = int(max(detection_head(t_model).stride.max().item(), detection_head(s_model).stride.max().item(), 32))
@@ -453,9 +554,9 @@ def run_visualize(
     names = [_label(m) for m in (model, teacher)]
     title = f"{source.name} at {size}x{size}, wavelet {wavelet}: student {names[0]} vs teacher {names[1]}"
     plot_levels(rgb, xywhr, levels, note, out, title)
-    from ultralytics.utils import LOGGER
+    from ultralytics.utils import LOGGER, colorstr
 
-    LOGGER.info(f"DS2D2 bands of {len(levels)} levels ({note}) saved to {out}")
+    LOGGER.info(f"DS2D2 bands of {len(levels)} levels ({note}); Results saved to {colorstr('bold', out.parent)}")
     return out
 
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import time
 
-METHODS = ("none", "native", "cwd", "mgd", "ds2d2")
+from ds2d2_yolo.methods import distill_methods
+
+METHODS = ("none", *(m for m in distill_methods() if m != "none"))  # none first: the others are compared with it
 
 
 def parse_value(text: str):

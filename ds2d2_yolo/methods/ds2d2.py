@@ -1,0 +1,85 @@
+"""DS2D2: the explicit stream (DISW-weighted wavelet bands) and the implicit stream (knowledge amplifiers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ds2d2_yolo.connectors import Adapter
+from ds2d2_yolo.disw import disw_weights
+from ds2d2_yolo.dwt import high_frequency
+from ds2d2_yolo.hooks import detection_head
+from ds2d2_yolo.kd import amplifier_kd
+from ds2d2_yolo.losses import explicit_band_loss
+from ds2d2_yolo.methods.base import FeatureMethod
+
+
+def boxes_px(batch: dict, hw: tuple[int, int]) -> torch.Tensor:
+    """Ground-truth boxes of a batch in input pixels: xyxy (M, 4) for detect, xywhr (M, 5) for OBB."""
+    b = batch["bboxes"].float()
+    h, w = hw
+    if b.shape[-1] == 5:
+        return torch.cat([b[:, :4] * b.new_tensor([w, h, w, h]), b[:, 4:]], 1)
+    xy, wh = b[:, :2] * b.new_tensor([w, h]), b[:, 2:4] * b.new_tensor([w, h])
+    return torch.cat([xy - wh / 2, xy + wh / 2], 1)
+
+
+class DS2D2(FeatureMethod):
+    """Dual-stream spectral decoupling distillation (see docs/method.md for the mapping onto YOLO heads)."""
+
+    name = "ds2d2"
+    help = "DS2D2: explicit DWT-band stream + implicit amplifier stream"
+    weights = {"ex_low": "lambda_exl", "ex_high": "lambda_exh", "im_full": "lambda_imf", "im_high": "lambda_imh"}
+
+    def connectors(self, s_ch, t_ch, cfg):
+        """With adapters=per_stream, a second set of adapters for the implicit stream."""
+        if cfg.get("adapters", "shared") != "per_stream":
+            return {}
+        return {"adapters_im": nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch))}
+
+    def terms(self, model, s_feats, s_ad, t_feats, batch):
+        """The four weighted DS2D2 terms (zero where a stream is switched off)."""
+        cfg, dwt = model.cfg, model.dwt
+        zero = s_ad[0].new_zeros(())
+        out = dict.fromkeys(self.loss_names, zero)
+        hi_s, hi_t = [], []
+        if cfg["explicit"] or cfg["implicit_high"]:
+            img_hw = tuple(batch["img"].shape[-2:])
+            boxes = boxes_px(batch, img_hw) if model.disw_mode != "none" else None
+            bidx = batch["batch_idx"].view(-1).long() if boxes is not None else None
+            lo_sum, hi_sum = zero, zero
+            for fs, ft in zip(s_ad, t_feats):
+                ll_s, h_s = dwt(fs)
+                ll_t, h_t = dwt(ft)
+                hi_s.append(h_s)
+                hi_t.append(h_t)
+                if cfg["explicit"]:
+                    if boxes is None:
+                        w = ll_s.new_ones(ll_s.shape[0], 1, *ll_s.shape[-2:])
+                    else:
+                        w = disw_weights(boxes, bidx, ll_s.shape[0], img_hw, tuple(ll_s.shape[-2:]), model.disw_mode)
+                    lo, hi = explicit_band_loss(ll_s, h_s, ll_t, h_t, w)
+                    lo_sum, hi_sum = lo_sum + lo, hi_sum + hi
+            out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
+
+        kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
+        s_im = [a(f.float()) for a, f in zip(model.adapters_im, s_feats)] if len(model.adapters_im) else s_ad
+        if cfg["implicit_full"]:
+            head = detection_head(model.teacher_model)
+            with torch.no_grad():
+                t_out = head.forward_head(t_feats, **head.one2many)
+            s_out = head.forward_head(s_im, **head.one2many)
+            out["im_full"] = cfg["lambda_imf"] * amplifier_kd(head, s_out, t_out, t_feats, **kd)
+        if cfg["implicit_high"]:
+            amp = model.amplifier
+            if amp is None:
+                raise RuntimeError("implicit_high is on but no high-frequency amplifier was built or loaded")
+            if s_im is not s_ad:
+                hi_s = [dwt(f)[1] for f in s_im]
+            hf_s = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_s, s_im)]
+            with torch.no_grad():
+                hf_t = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_t, t_feats)]
+                t_out = amp.forward_head(hf_t, **amp.one2many)
+            s_out = amp.forward_head(hf_s, **amp.one2many)
+            out["im_high"] = cfg["lambda_imh"] * amplifier_kd(amp, s_out, t_out, t_feats, **kd)
+        return out

@@ -27,7 +27,7 @@ from ds2d2_yolo.methods import distill_methods
 
 # Grid rows: every method with its defaults (in the table's order), then DS2D2's ablations.
 METHODS: dict[str, dict[str, Any]] = {
-    **{m: {"distill": m} for m in ("none", "native", "cwd", "mgd", "ds2d2") if m in distill_methods()},
+    **{m: {"distill": m} for m in ("none", "native", "cwd", "mgd", "ds2d2", "pseudo") if m in distill_methods()},
     "ds2d2-explicit": {"distill": "ds2d2", "implicit_full": False, "implicit_high": False},
     "ds2d2-implicit": {"distill": "ds2d2", "explicit": False},
     "ds2d2-nodisw": {"distill": "ds2d2", "disw": "none"},

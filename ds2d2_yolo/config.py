@@ -133,6 +133,9 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
         cfg[k] = str(cfg[k]).lower()
         if cfg[k] not in choices:
             raise DS2D2ArgError(f"'{k}={cfg[k]}' is unknown; choose one of {', '.join(choices)}")
+    cfg["pseudo_conf"] = _to_float("pseudo_conf", cfg["pseudo_conf"])
+    if not 0 < cfg["pseudo_conf"] < 1:
+        raise DS2D2ArgError(f"'pseudo_conf={cfg['pseudo_conf']}' must be in (0, 1), e.g. pseudo_conf=0.5")
     if cfg["balance"] == "grad" and (cfg["balance_ratio"] == 0 or cfg["balance_steps"] == 0):
         raise DS2D2ArgError("balance=grad needs balance_ratio > 0 and balance_steps >= 1, e.g. balance_ratio=0.25")
     cfg["wavelet"] = str(cfg["wavelet"])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.cfg import DEFAULT_CFG, get_save_dir
+from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import LOCAL_RANK, LOGGER, RANK, TQDM
@@ -49,6 +50,7 @@ from ds2d2_yolo.dwt import DWT2d
 from ds2d2_yolo.hooks import detection_head, head_features
 from ds2d2_yolo.methods import feature_methods, term_weights
 from ds2d2_yolo.probe import head_map
+from ds2d2_yolo.pseudo import pseudo_dataset
 from ds2d2_yolo.schedule import KDSchedule
 from ds2d2_yolo.teacher import (
     Teacher,
@@ -195,6 +197,8 @@ class DS2D2Trainer(DetectionTrainer):
             if not self.ds2d2["teacher"]:
                 raise DS2D2ArgError("distill=native needs a teacher; pass teacher=path/to/teacher.pt")
             overrides["distill_model"] = self.ds2d2["teacher"]
+        if self.ds2d2["distill"] == "pseudo" and not overrides.get("resume"):
+            overrides["data"] = self._pseudo_data(overrides)
         early_task, early_teacher = None, None
         if self.ds2d2["distill"] in feature_methods() and not overrides.get("resume"):
             # Check the teacher before Ultralytics creates the run folder and checks (or downloads) the dataset, so
@@ -222,6 +226,31 @@ class DS2D2Trainer(DetectionTrainer):
             cbs[:] = [cb for cb in cbs if not isinstance(cb, CarriedArgs)]
         self.add_callback("on_pretrain_routine_start", CarriedArgs(self.ds2d2))
         LOGGER.info(f"DS2D2 {__version__}: distill={self.ds2d2['distill']} teacher={self.ds2d2['teacher']}")
+
+    def _pseudo_data(self, overrides: dict[str, Any]) -> str:
+        """Write (or reuse) the ground-truth + teacher pseudo-label training set for `distill=pseudo`; its yaml."""
+        if not self.ds2d2["teacher"]:
+            raise DS2D2ArgError("distill=pseudo needs a teacher; pass teacher=path/to/teacher.pt")
+        if not overrides.get("data"):
+            raise DS2D2ArgError("distill=pseudo needs data=; pass data=path/to/data.yaml")
+        task = "obb" if isinstance(self, OBBTrainer) else resolve_task(overrides)
+        model = read_teacher(self.ds2d2["teacher"], task)
+        names = check_det_dataset(str(overrides["data"]))["names"]
+        teacher = load_teacher(self.ds2d2["teacher"], task, names, model=model)
+        imgsz = overrides.get("imgsz") or DEFAULT_CFG.imgsz
+        out = Path(overrides.get("project") or "runs") / "pseudo"
+        return str(
+            pseudo_dataset(
+                overrides["data"],
+                self.ds2d2["teacher"],
+                teacher.class_map,
+                teacher.fingerprint,
+                self.ds2d2["pseudo_conf"],
+                int(imgsz if isinstance(imgsz, int) else max(imgsz)),
+                out,
+                device=overrides.get("device"),
+            )
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     def _setup_distillation(self, given: dict[str, Any], teacher_model: torch.nn.Module | None) -> None:
@@ -260,6 +289,11 @@ class DS2D2Trainer(DetectionTrainer):
         save_dir = Path(save_dir)
         if {p.relative_to(save_dir).as_posix() for p in save_dir.rglob("*")} <= {"args.yaml", "weights", LOCK_NAME}:
             shutil.rmtree(save_dir, ignore_errors=True)
+            for d in getattr(self, "_created_dirs", []):  # the project folders made for it, deepest first, if empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
     def _abandon(self) -> None:
         """Undo what a run that stopped before training left: its lock, and a run folder with nothing of the user's."""
@@ -352,6 +386,7 @@ class DS2D2Trainer(DetectionTrainer):
         save_dir = get_save_dir(self.args)
         self.args.save_dir = str(save_dir)  # Ultralytics' own get_save_dir returns it unchanged
         lock = save_dir / LOCK_NAME
+        self._created_dirs = [d for d in save_dir.parents if not d.exists()]
         try:
             save_dir.mkdir(parents=True, exist_ok=True)
             take_lock(lock)
@@ -424,8 +459,8 @@ class DS2D2Trainer(DetectionTrainer):
             text = "\n".join(chain)
             if "OBB dataset requires equal numbers of boxes and segments" in text:
                 raise DS2D2ArgError(
-                    f"the {mode} labels in {img_path} are detect boxes ('cls xc yc w h') but the model is OBB; OBB labels "
-                    "are 'cls x1 y1 x2 y2 x3 y3 x4 y4' (ds2d2-yolo convert writes them), or train a detect model"
+                    f"the {mode} labels in {img_path} are detect boxes ('cls xc yc w h') but the model is OBB; OBB "
+                    "labels are 'cls x1 y1 x2 y2 x3 y3 x4 y4' (ds2d2-yolo convert writes them), or train a detect model"
                 ) from None
             if "No valid images" in text:
                 issues = [

@@ -62,6 +62,7 @@ def test_schedule_ramp_and_balance_window():
         ({"diagnose": 2.5}, ("diagnose=2.5", "whole number")),
         ({"balance": "grad", "balance_ratio": 0}, ("balance_ratio > 0",)),
         ({"kd_warmup": -1}, ("kd_warmup=-1",)),
+        ({"pseudo_conf": 1.5}, ("pseudo_conf=1.5", "(0, 1)")),
     ],
 )
 def test_new_keys_are_checked(kv, words):

@@ -15,6 +15,7 @@ REGISTRY: dict[str, FeatureMethod] = {m.name: m for m in (DS2D2(), CWD(), MGD())
 # Methods that are not feature distillation: Ultralytics' own distillation, and training without a teacher.
 OTHER_METHODS = {
     "native": "Ultralytics' own distillation (distill_model=), on the same teacher",
+    "pseudo": "ground truth plus the teacher's detections with confidence >= pseudo_conf (a transfer reference)",
     "none": "no distillation: the student alone, as a plain Ultralytics run",
 }
 

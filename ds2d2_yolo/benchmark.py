@@ -417,9 +417,9 @@ def run_benchmark(
                 exist_ok=True,
                 verbose=False,
                 mosaic=cfg.get("mosaic", 1.0),
-                **METHODS[name],
-                **(extra or {}),
             )
+            # The method's keys, then the caller's extra keys, override the track's (e.g. device=0 on a GPU).
+            overrides.update({**METHODS[name], **(extra or {})})
             spec = {"method": name, "seed": seed, "overrides": overrides, "val_every": val_every, "commit": commit}
             print(f"[benchmark] {track}/{split} {name} seed {seed} ({epochs} epochs)", flush=True)
             proc = subprocess.run(

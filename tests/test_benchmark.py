@@ -249,7 +249,7 @@ def test_tuning_summary_pairs_seeds(tmp_path):
 
     from conftest import REPO
 
-    spec = importlib.util.spec_from_file_location("tune_defaults", REPO / "examples" / "tune_defaults.py")
+    spec = importlib.util.spec_from_file_location("tune_defaults", REPO / "benchmarks" / "tune_defaults.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     runs = {"none": {3: 0.30, 4: 0.40}, "x3": {3: 0.35, 4: 0.38, 5: 0.50}}

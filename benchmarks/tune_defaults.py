@@ -7,10 +7,10 @@ augmentation) on the track's tuning split, with seeds the report grid does not u
 `none` seed by seed, and with each configuration named by `--against` (the current default, say).
 
 Usage:
-    python examples/tune_defaults.py                          # synthetic track, every configuration, seeds 3 and 4
-    python examples/tune_defaults.py --configs none,default,x3 --seeds 3,4,5
-    python examples/tune_defaults.py --track dota --configs none,default,x3 --seeds 3
-    python examples/tune_defaults.py --track dota --summary-only --against x1   # also pair every config with x1
+    python benchmarks/tune_defaults.py                          # synthetic track, every configuration, seeds 3 and 4
+    python benchmarks/tune_defaults.py --configs none,default,x3 --seeds 3,4,5
+    python benchmarks/tune_defaults.py --track dota --configs none,default,x3 --seeds 3
+    python benchmarks/tune_defaults.py --track dota --summary-only --against x1   # also pair every config with x1
 """
 
 from __future__ import annotations

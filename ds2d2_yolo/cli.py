@@ -62,6 +62,9 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "tile": (1024, int, None),
         "gap": (200, int, None),
         "skip_difficult": (False, bool, None),
+        "val": (0.2, float, None),
+        "val_src": (None, str, None),
+        "seed": (0, int, None),
     },
     "slice": {
         "model": (None, str, None),
@@ -72,7 +75,9 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "iou": (0.7, float, None),
         "imgsz": (None, int, None),
         "device": (None, None, None),
-        "save": ("sliced.png", str, None),
+        "save": ("auto", str, None),
+        "project": (None, str, None),
+        "name": (None, str, None),
     },
     "visualize": {
         "model": (None, str, None),
@@ -80,9 +85,11 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "source": (None, str, None),
         "imgsz": (640, int, None),
         "wavelet": ("haar", str, None),
-        "out": ("bands.png", str, None),
+        "out": ("auto", str, None),
         "boxes": ("auto", str, ("auto", "labels", "teacher")),
         "conf": (0.25, float, None),
+        "project": (None, str, None),
+        "name": (None, str, None),
     },
     "demo": {"out": ("runs/ds2d2-demo", str, None), "epochs": (None, int, None), "seed": (0, int, None)},
     "benchmark": {
@@ -142,7 +149,7 @@ REQUIRED_KEYS = {
 MODE_HELP = {
     "train": "distil (or train) a detect/OBB student; every non-DS2D2 key goes to Ultralytics unchanged",
     "amplifier": "train the high-frequency amplifier of teacher= on data= once and write amplifier.pt",
-    "convert": "prepare a dataset: format=dota|dior|dior-r src=... dst=... (DOTA: tile= gap=)",
+    "convert": "prepare a dataset: format=dota|dior|dior-r src=... dst=... (DOTA: tile= gap=; val=0.2 or val_src=)",
     "slice": "sliced prediction on one large image: model=... source=... tile=1024 overlap=0.2",
     "visualize": "DWT bands and DISW maps of teacher and student: teacher=... model=... source=...",
     "prune": "prune a trained detect/OBB .pt with Torch-Pruning: model=... ratio=0.5 importance=l2 (data= for mAP)",
@@ -183,26 +190,100 @@ def key_docs() -> dict[str, str]:
     return docs
 
 
-def usage() -> str:
-    """Return the help text: modes, every DS2D2 key with its default and meaning, and the subcommands' keys."""
+# DS2D2 keys the amplifier mode reads (the others only matter for distillation).
+AMPLIFIER_KEYS = ("teacher", "amp_epochs", "wavelet", "wave_mode")
+# How to get a student smaller than a nano teacher: Ultralytics' scales stop at n (the shipped teacher's own size).
+STUDENT_HINT = [
+    "A student smaller than a nano teacher (Ultralytics' smallest scale is n): write a narrower yaml once, e.g.",
+    '  python -c "from ds2d2_yolo.models import scaled_model_yaml as s; '
+    "s('yolov8-obb.yaml', width=0.125, out='student-obb.yaml')\"",
+    "and pass model=student-obb.yaml (width 0.125 is half of n's 0.25; depth=, max_channels= scale too).",
+]
+TRAIN_EXAMPLES = [
+    "  ds2d2-yolo obb amplifier teacher=teacher.pt data=DOTAv1.yaml imgsz=1024 amp_epochs=3",
+    "  ds2d2-yolo obb train model=student-obb.yaml data=DOTAv1.yaml teacher=teacher.pt amplifier=amplifier.pt",
+    "  ds2d2-yolo detect train model=yolov8n.yaml data=DIOR.yaml teacher=yolov8s-dior.pt distill=ds2d2",
+    "  ds2d2-yolo train resume model=runs/obb/train/weights/last.pt",
+]
+
+
+def _ds2d2_key_lines(keys: list[str] | None = None) -> list[str]:
+    """One line per DS2D2 key: key=default and its comment from cfg/ds2d2.yaml."""
+    docs = key_docs()
+    return [
+        f"  {k + '=' + _fmt(v):<25} {docs.get(k, '')}".rstrip()
+        for k, v in defaults().items()
+        if keys is None or k in keys
+    ]
+
+
+def mode_usage(mode: str) -> str:
+    """Return the help of one mode: what it does and every key it takes, with the defaults."""
+    lines = []
+    if mode in ("train", "amplifier"):
+        lines += [f"Usage: ds2d2-yolo [detect|obb] {mode} key=value ...", "", MODE_HELP[mode], ""]
+        keys = None if mode == "train" else list(AMPLIFIER_KEYS)
+        lines += ["DS2D2 keys with their defaults (cfg/ds2d2.yaml):", *_ds2d2_key_lines(keys), ""]
+        ul = "model, data, epochs, imgsz, batch, device, project, name, resume" if mode == "train" else "data, imgsz"
+        lines.append(f"Every other key goes to Ultralytics unchanged ({ul}, ...; see 'yolo cfg').")
+        if mode == "train":
+            lines += [
+                "resume continues exactly the checkpoint named (resume=path or resume model=path), writing beside it.",
+                "",
+                *STUDENT_HINT,
+                "",
+                "Examples:",
+                *TRAIN_EXAMPLES[1:],
+            ]
+        else:
+            lines += ["", "Example:", TRAIN_EXAMPLES[0]]
+    elif mode in SUBCOMMAND_KEYS:
+        required = REQUIRED_KEYS.get(mode, ())
+        lines += [
+            f"Usage: ds2d2-yolo {mode} key=value ...",
+            "",
+            MODE_HELP.get(mode, ""),
+            "",
+            "Keys with their defaults:",
+        ]
+        for k, (d, _, choices) in SUBCOMMAND_KEYS[mode].items():
+            note = "required" if k in required else (" | ".join(choices) if choices else "")
+            lines.append(f"  {k + '=' + _fmt(d):<25} {note}".rstrip())
+    elif mode in PASS_MODES:
+        lines += [
+            f"Usage: ds2d2-yolo [task] {mode} model=... key=value ...",
+            "",
+            f"Passed to Ultralytics' own '{mode}' unchanged, after checking that model= (and source=) are local files:",
+            f"nothing is downloaded. Its keys are Ultralytics' (see 'yolo {mode} help' and 'yolo cfg').",
+        ]
+    else:
+        return usage()
+    return "\n".join(lines)
+
+
+def usage(mode: str | None = None) -> str:
+    """Return the help text: modes, every DS2D2 key with its default and meaning, and the subcommands' keys.
+
+    Args:
+        mode (str | None): A mode whose help alone is wanted (`ds2d2-yolo train help`).
+    """
+    if mode:
+        return mode_usage(mode)
     lines = ["Usage: ds2d2-yolo [detect|obb] MODE key=value ...", "", "Modes:"]
     lines += [f"  {m:<25} {h}" for m, h in MODE_HELP.items()]
-    lines += ["", "DS2D2 keys (train, amplifier) with their defaults (cfg/ds2d2.yaml):"]
-    docs = key_docs()
-    for k, v in defaults().items():
-        lines.append(f"  {k + '=' + _fmt(v):<25} {docs.get(k, '')}".rstrip())
-    lines += ["", "Keys of the other modes, with their defaults:"]
-    for mode, spec in SUBCOMMAND_KEYS.items():
-        lines.append(f"  {mode:<10} " + " ".join(f"{k}={_fmt(d)}" for k, (d, _, _) in spec.items()))
+    lines += ["", "DS2D2 keys (train, amplifier) with their defaults (cfg/ds2d2.yaml):", *_ds2d2_key_lines()]
+    lines += ["", "Keys of the other modes, with their defaults ('ds2d2-yolo MODE help' for one mode):"]
+    for m, spec in SUBCOMMAND_KEYS.items():
+        lines.append(f"  {m:<10} " + " ".join(f"{k}={_fmt(d)}" for k, (d, _, _) in spec.items()))
     lines += [
         "",
         "Any other key is an Ultralytics key (see 'yolo cfg'). data=DIOR.yaml and data=DOTAv1.yaml name this",
         f"package's dataset files in {CFG_DIR} (prepare the images with 'ds2d2-yolo convert').",
         "",
+        *STUDENT_HINT,
+        "",
         "Examples:",
-        "  ds2d2-yolo obb amplifier teacher=teacher.pt data=DOTAv1.yaml imgsz=1024 amp_epochs=3",
-        "  ds2d2-yolo obb train model=yolov8n-obb.yaml data=DOTAv1.yaml teacher=teacher.pt amplifier=amplifier.pt",
-        "  ds2d2-yolo detect train model=yolov8n.yaml data=DIOR.yaml teacher=dior-teacher.pt distill=ds2d2",
+        *TRAIN_EXAMPLES,
         "  ds2d2-yolo obb val model=runs/obb/train/weights/best.pt data=DOTAv1.yaml",
     ]
     return "\n".join(lines)
@@ -222,7 +303,9 @@ def parse(argv: list[str]) -> tuple[str | None, str, dict[str, Any], dict[str, s
     """
     words = [a for a in argv if a not in TASKS]
     if not words or "help" in words or any(a in HELP_FLAGS for a in argv):
-        return None, "help", {}, {}  # before importing Ultralytics, so help is instant
+        # Before importing Ultralytics, so help is instant; `ds2d2-yolo train help` asks for one mode's keys.
+        topic = next((a for a in words if a in (*OWN_MODES, *PASS_MODES) and a not in ("help", "version")), None)
+        return None, "help", ({"topic": topic} if topic else {}), {}
     from ultralytics.cfg import DEFAULT_CFG_DICT, merge_equals_args, smart_value
 
     bool_keys = {k for k, v in {**DEFAULT_CFG_DICT, **defaults()}.items() if isinstance(v, bool)}
@@ -337,7 +420,10 @@ def _check_data(data: Any) -> None:
         msg = f"data={data}: {_first_line(e)}"
         name = Path(str(data)).name
         if name in DATASET_YAMLS and str(Path(str(data)).parent) == str(CFG_DIR):
-            fmt = "dota src=path/to/DOTA dst=../datasets/DOTAv1" if name == "DOTAv1.yaml" else "dior src=path/to/DIOR"
+            # dst= is the `path:` of the shipped yaml, so the prepared folder is where the yaml looks
+            fmt = {"DOTAv1.yaml": "dota src=path/to/DOTA dst=../datasets/DOTAv1"}.get(
+                name, "dior src=path/to/DIOR dst=../datasets/DIOR"
+            )
             msg += f"; prepare it first: ds2d2-yolo convert format={fmt} (see {data})"
         raise UsageError(msg) from None
 
@@ -537,7 +623,7 @@ def run(argv: list[str]) -> int:
     """
     task, mode, kv, raw = parse(argv)
     if mode == "help":
-        print(usage())
+        print(usage(kv.get("topic")))
     elif mode == "version":
         from ultralytics import __version__ as ul_version
 

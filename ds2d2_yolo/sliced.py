@@ -282,7 +282,9 @@ def run_slice(
     iou: float = 0.7,
     imgsz: int | None = None,
     device: str | int | None = None,
-    save: str | Path | None = "sliced.png",
+    save: str | Path | None = "auto",
+    project: str | Path | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Sliced prediction on one large image with a drawn result; the `ds2d2-yolo slice` subcommand.
 
@@ -295,19 +297,23 @@ def run_slice(
         iou (float): NMS IoU threshold.
         imgsz (int, optional): Inference size per tile; None uses `tile`.
         device (str | int, optional): Inference device.
-        save (str | Path, optional): Where to write the image with drawn detections; None or '' skips drawing.
+        save (str | Path, optional): Where to write the image with drawn detections; "auto" is the source's name in a
+            new `runs/<task>/slice*` folder, as Ultralytics' predict saves; None or '' skips drawing.
+        project (str | Path, optional): With `save="auto"`, the parent of the new folder (default `runs/<task>`).
+        name (str, optional): With `save="auto"`, the new folder's name (default "slice").
 
     Returns:
         (dict[str, Any]): The `sliced_predict` result, plus `save` (the written image path) when drawn.
     """
-    from ultralytics import YOLO
     from ultralytics.engine.results import Results
-    from ultralytics.utils import LOGGER
+    from ultralytics.utils import LOGGER, colorstr
     from ultralytics.utils.patches import imread, imwrite
+
+    from ds2d2_yolo.visualize import load_yolo, run_dir
 
     if not model or not source:
         raise ValueError("slice needs model=... and source=...")
-    yolo = YOLO(str(model))
+    yolo = load_yolo(model)
     image = imread(str(source))
     if image is None:
         raise FileNotFoundError(f"cannot read image {source}")
@@ -318,6 +324,10 @@ def run_slice(
         key = "obb" if out["task"] == "obb" else "boxes"
         # Results does the drawing so the picture matches Ultralytics' own predict output
         plotted = Results(image, str(source), yolo.names, **{key: torch.from_numpy(det)}).plot()
+        if save == "auto":
+            save = run_dir(out["task"], "slice", project, name) / f"{Path(source).stem}.png"
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
         imwrite(str(save), plotted)
         out["save"] = Path(save)
+        LOGGER.info(f"Results saved to {colorstr('bold', Path(save).parent)}")
     return out

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ds2d2_yolo.config import DS2D2ArgError
 from ds2d2_yolo.hooks import detection_head
+
+# Set to 1 to load teacher, resume, student and visualize checkpoints with a full (unrestricted) unpickle: only for
+# files you trust, since unpickling can run any code the file names.
+UNSAFE_LOAD_ENV = "DS2D2_UNSAFE_LOAD"
 
 
 @dataclass
@@ -32,6 +40,116 @@ class Teacher:
     class_map: torch.Tensor | None
     fingerprint: str
     head: nn.Module
+
+
+def unsafe_load_allowed() -> bool:
+    """Return True when the user opted out of restricted loading with `DS2D2_UNSAFE_LOAD=1`."""
+    return os.environ.get(UNSAFE_LOAD_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@contextmanager
+def safe_loading() -> Iterator[None]:
+    """Load every Ultralytics checkpoint in this block the way `ULTRALYTICS_SAFE_LOAD=1` does, unless opted out.
+
+    Ultralytics' default unpickles with `weights_only=False`, which runs whatever code a file names. Its restricted
+    mode (`torch.load(weights_only=True)` with an allow-list of Ultralytics and torch classes) refuses such a file
+    before anything in it runs. Ultralytics reads the flag at call time from `ultralytics.nn.tasks.SAFE_LOAD`, so it is
+    switched on for this block only, and the user's other Ultralytics calls keep their own setting.
+    """
+    from ultralytics.nn import tasks
+
+    if unsafe_load_allowed() or not tasks._SafeLoad.SUPPORTED:  # torch < 2.6 has no restricted load
+        yield
+        return
+    saved = tasks.SAFE_LOAD
+    tasks.SAFE_LOAD = True
+    try:
+        yield
+    finally:
+        tasks.SAFE_LOAD = saved
+
+
+def refused_global(e: BaseException) -> str | None:
+    """The global a restricted load refused (e.g. 'builtins.exec'), found in the exception chain, or None."""
+    while e is not None:
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if m:
+            return m.group(1)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def unsafe_file_error(what: str, path: str | Path, name: str) -> DS2D2ArgError:
+    """The one-line error for a file that a restricted load refused because it names code to run."""
+    return DS2D2ArgError(
+        f"{what} '{path}' was not loaded: it references '{name}', which is outside Ultralytics' checkpoint format and "
+        f"could run code; use a checkpoint saved by Ultralytics, or set {UNSAFE_LOAD_ENV}=1 if you trust this file"
+    )
+
+
+def load_checkpoint_safely(path: str | Path, what: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Ultralytics' `load_checkpoint` (model fp32 on CPU, checkpoint dict) inside `safe_loading`.
+
+    Args:
+        path (str | Path): A local `.pt` file.
+        what (str): What the file is for ("teacher", "resume", ...), for the error message.
+
+    Returns:
+        (tuple[nn.Module, dict]): The model and the checkpoint.
+
+    Raises:
+        DS2D2ArgError: When the restricted load refuses the file; other load errors propagate unchanged.
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+
+    try:
+        with safe_loading():
+            return load_checkpoint(str(path), device="cpu")
+    except Exception as e:
+        name = refused_global(e)
+        if name:
+            raise unsafe_file_error(what, path, name) from None
+        raise
+
+
+def torch_load_safely(path: str | Path, what: str) -> Any:
+    """Load a `.pt` as a plain object (no model rebuilding) inside `safe_loading`, e.g. a checkpoint to inspect.
+
+    Raises:
+        DS2D2ArgError: When the restricted load refuses the file; other load errors propagate unchanged.
+    """
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        with safe_loading():
+            return torch_safe_load(str(path))[0]
+    except Exception as e:
+        name = refused_global(e)
+        if name:
+            raise unsafe_file_error(what, path, name) from None
+        raise
+
+
+def looks_untrained(model: nn.Module) -> bool:
+    """True when every BatchNorm still holds its initial running statistics (mean 0, variance 1): it never saw data."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    return bool(bns) and all(bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all()) for m in bns)
+
+
+def check_levels(teacher: nn.Module, student: nn.Module, path: str | Path) -> None:
+    """Refuse a teacher whose head reads other pyramid levels than the student's (e.g. a P2 or P6 model).
+
+    Raises:
+        DS2D2ArgError: With both sets of strides and the fix.
+    """
+    t_head, s_head = detection_head(teacher), detection_head(student)
+    t, s = t_head.stride.tolist(), s_head.stride.tolist()
+    if t_head.nl != s_head.nl or [int(x) for x in t] != [int(x) for x in s]:
+        levels = lambda strides: "/".join(f"P{int(x).bit_length() - 1}" for x in strides)  # noqa: E731
+        raise DS2D2ArgError(
+            f"teacher '{Path(path).name}' reads levels {levels(t)} (strides {[int(x) for x in t]}) but the student "
+            f"reads {levels(s)} (strides {[int(x) for x in s]}); use a teacher and student with the same head levels"
+        )
 
 
 def fuse_frozen(module: nn.Module) -> nn.Module:
@@ -130,7 +248,8 @@ def read_teacher(path: str | Path | None, task: str) -> nn.Module:
     Raises:
         DS2D2ArgError: Missing, unreadable or wrong-task teacher, with a one-line message naming the fix.
     """
-    from ultralytics.nn.tasks import guess_model_task, load_checkpoint
+    from ultralytics.nn.tasks import guess_model_task
+    from ultralytics.utils import LOGGER
 
     if path in (None, ""):
         raise DS2D2ArgError("distillation needs a teacher; pass teacher=path/to/teacher.pt (an Ultralytics checkpoint)")
@@ -140,9 +259,13 @@ def read_teacher(path: str | Path | None, task: str) -> nn.Module:
     if p.suffix != ".pt":
         raise DS2D2ArgError(f"teacher '{path}' is not a .pt checkpoint; pass a trained Ultralytics .pt as teacher=")
     try:
-        model, _ = load_checkpoint(str(p), device="cpu")
+        model, _ = load_checkpoint_safely(p, "teacher")
+    except DS2D2ArgError:
+        raise
     except Exception as e:
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        if "references types outside" in msg:  # the restricted loader's wording for bytes that are no checkpoint
+            msg = "no Ultralytics model inside, or the file is empty or truncated"
         raise DS2D2ArgError(
             f"teacher '{path}' is not a readable Ultralytics checkpoint ({msg}); pass a .pt saved by Ultralytics"
         ) from None
@@ -161,6 +284,11 @@ def read_teacher(path: str | Path | None, task: str) -> nn.Module:
     if t_task != task:
         hint = "an OBB teacher (e.g. yolov8n-obb.pt)" if task == "obb" else "a detect teacher (e.g. yolov8n.pt)"
         raise DS2D2ArgError(f"teacher '{p.name}' is a '{t_task}' model but the student is '{task}'; use {hint}")
+    if looks_untrained(model):
+        LOGGER.warning(
+            f"DS2D2: teacher '{p.name}' looks untrained (every BatchNorm still has its initial statistics); "
+            "distilling from it teaches noise: pass a trained teacher"
+        )
     model = model.float().eval()
     for v in model.parameters():
         v.requires_grad_(False)

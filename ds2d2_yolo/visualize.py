@@ -123,7 +123,14 @@ def run_dir(task: str, mode: str, project: str | Path | None = None, name: str |
     from ultralytics.utils.files import increment_path
 
     root = Path(project) if project else Path(SETTINGS["runs_dir"]) / task
-    return increment_path(root / (name or mode), exist_ok=False, mkdir=True)
+    return increment_path(root / (name or mode), exist_ok=False, sep="", mkdir=True)
+
+
+def results_columns(columns: list[str], terms: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """The two rows of results.png: training losses and distillation terms; metrics and validation losses."""
+    top = [c for c in columns if c.startswith("train/") and ("loss" in c or c[len("train/") :] in terms)]
+    bottom = [c for c in columns if c.startswith("metrics/")] + [c for c in columns if c.startswith("val/")]
+    return top, [c for c in bottom if "loss" in c or c.startswith("metrics/")]
 
 
 def plot_results(
@@ -154,8 +161,7 @@ def plot_results(
     if not len(data):
         return None
     cols = data.columns
-    top = [c for c in cols if c.startswith("train/") and ("loss" in c or c[len("train/") :] in terms)]
-    bottom = [c for c in cols if c.startswith("metrics/")] + [c for c in cols if c.startswith("val/") and "loss" in c]
+    top, bottom = results_columns(cols, terms)
     n = max(len(top), len(bottom), 1)
     fig, ax = plt.subplots(2, n, figsize=(2.6 * n + 1, 6), tight_layout=True, squeeze=False)
     x = data[cols[0]].to_numpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import logging
 import math
@@ -25,10 +26,13 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, save_checkpoint, tiny_yaml, train_overrides
+from conftest import REPO, V8_TEACHER, save_checkpoint, tiny_yaml, train_overrides
+from ultralytics.models.yolo.obb import OBBTrainer
 
 from ds2d2_yolo import DS2D2Trainer
 from ds2d2_yolo.amplifier import atomic_save, freeze, save_amplifier
@@ -37,6 +41,7 @@ from ds2d2_yolo.distiller import DS2D2Model
 from ds2d2_yolo.hooks import detection_head, head_features
 from ds2d2_yolo.synthetic import CLASSES
 from ds2d2_yolo.teacher import fingerprint
+from ds2d2_yolo.trainer import LOCK_NAME
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
 
@@ -461,9 +466,9 @@ def test_non_finite_terms_are_skipped(tmp_path, tiny_models, synth_obb, monkeypa
     live = trainer.model.student_model.state_dict()
     assert all_finite(live) and all_finite(trainer.ema.ema.state_dict())
     assert any(not torch.equal(v, live[k]) for k, v in seen["student"].items() if v.is_floating_point())
-    for path in (trainer.last, trainer.best):
-        ckpt = torch.load(path, weights_only=False)
-        assert all_finite(ckpt["model"].state_dict()) and all_finite(ckpt["ds2d2"]["connectors"]), path
+    last, best = (torch.load(path, weights_only=False) for path in (trainer.last, trainer.best))
+    assert all_finite(last["model"].state_dict()) and all_finite(last["ds2d2"]["connectors"])
+    assert all_finite(best["model"].state_dict())  # best.pt carries the student only (no connectors)
     row = read_results(trainer.save_dir)[-1]
     assert all(math.isfinite(row[c]) for c in DS2D2_COLS) and row["train/ex_high"] > 0, row
 
@@ -518,6 +523,8 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_models, synth_obb):
 
     weights = tmp_path / "run" / "weights"
     assert sorted(p.name for p in weights.iterdir()) == ["best.pt", "last.pt"]  # no stray temporary files
+    lock = tmp_path / "run" / LOCK_NAME
+    assert int(lock.read_text().split()[0]) == proc.pid  # the killed run's lock stays: stale, taken over below
     last = weights / "last.pt"
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None  # epoch 0 finished, epoch 1 lost
@@ -534,6 +541,9 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_models, synth_obb):
         DS2D2Trainer(overrides=dict(resume=str(last), teacher=str(other_pt)))
     assert last.is_file()  # a refused resume leaves the run alone
 
+    # A crash after epoch 2's results row but before its checkpoint: resume must not log epoch 2 twice.
+    with open(tmp_path / "run" / "results.csv", "a") as f:
+        f.write("2," + ",".join(["0.5"] * (len(read_results(tmp_path / "run")[0]) - 1)) + "\n")
     resumed = DS2D2Trainer(overrides=dict(resume=str(last)))
     seen = {}
 
@@ -553,6 +563,10 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, tiny_models, synth_obb):
     assert not any("training the high-frequency amplifier" in m for m in messages)
     assert resumed.ds2d2 == state["args"]
     assert [int(r["epoch"]) for r in read_results(resumed.save_dir)] == [1, 2]
+    assert any("dropped 1 results.csv row(s)" in m for m in messages)
+    stripped = [m for m in messages if m.startswith("Optimizer stripped from")]
+    assert [m.split()[3].rstrip(",") for m in stripped] == [str(last), str(weights / "best.pt")], stripped
+    assert not lock.exists()  # released when training ends
 
 
 WRITER_KILL_SCRIPT = """
@@ -857,3 +871,410 @@ def test_same_seed_same_losses(tmp_path, tiny_models, synth_obb):
         assert a.keys() == b.keys()
         assert all(abs(a[k] - b[k]) <= 1e-6 for k in a), (a, b)
     assert runs[0][0] != runs[0][2]  # the losses do move between steps: the comparison is not vacuous
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resume: the named checkpoint, next to it, and only when something is left to train
+def test_resume_continues_the_named_checkpoint(tmp_path, obb_run, monkeypatch, capfd):
+    """`resume model=X` (and resume=X) continues exactly X, also when a newer run exists, and writes beside X even in
+    a copied run folder; a finished run, or a missing file, is one line before the teacher or the data are read."""
+    from ds2d2_yolo.cli import entrypoint
+
+    monkeypatch.chdir(tmp_path)  # Ultralytics' resume=True would take the newest last.pt under here
+    named = tmp_path / "copy" / "weights" / "last.pt"  # a copy of the run: its train_args name the original folder
+    named.parent.mkdir(parents=True)
+    shutil.copy(obb_run["mid_last"], named)
+    time.sleep(0.05)
+    decoy = tmp_path / "runs" / "newer" / "weights" / "last.pt"
+    decoy.parent.mkdir(parents=True)
+    shutil.copy(obb_run["mid_last"], decoy)
+    original = Path(torch.load(named, weights_only=False)["train_args"]["save_dir"])
+    before = {p: p.stat().st_mtime_ns for p in original.rglob("*")}
+    for overrides in (dict(model=str(named), resume=True), dict(resume=str(named))):
+        trainer = DS2D2Trainer(overrides=overrides)
+        assert trainer.args.resume == str(named) and trainer.resume
+        assert trainer.save_dir == named.parent.parent and trainer.last == named
+        trainer._release_lock()
+    assert {p: p.stat().st_mtime_ns for p in original.rglob("*")} == before  # the original folder is untouched
+    assert not (decoy.parent.parent / "args.yaml").exists()
+
+    def never(*args, **kwargs):
+        raise AssertionError("read before the resume was checked")
+
+    monkeypatch.setattr("ds2d2_yolo.trainer.load_teacher", never)
+    monkeypatch.setattr(DS2D2Trainer, "get_dataset", never)
+    for overrides, message in (
+        (dict(resume=str(obb_run["last"])), "nothing to resume"),  # final last.pt, optimizer stripped
+        (dict(model=str(obb_run["best"]), resume=True), "nothing to resume"),
+        (dict(resume=str(tmp_path / "gone" / "last.pt")), "not found"),  # never "the newest run" instead
+    ):
+        with pytest.raises(DS2D2ArgError, match=message) as err:
+            DS2D2Trainer(overrides=overrides)
+        assert "\n" not in str(err.value)
+    assert entrypoint(["train", "resume", f"model={obb_run['last']}"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing to resume" in err, err
+
+
+def test_run_folder_lock(tmp_path, tiny_models, synth_obb):
+    """A run folder held by a live process is refused in one line, before anything in it is touched; a lock whose
+    process is gone is taken over."""
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    (run / "results.csv").write_text("epoch,time\n1,2\n")
+    lock = run / LOCK_NAME
+    lock.write_text(f"{os.getppid()} {socket.gethostname()}\n")  # pytest's parent: alive, and not this process
+    overrides = train_overrides(tmp_path, **obb_kw(tiny_models, synth_obb))  # project=tmp_path name=run exist_ok
+    with pytest.raises(DS2D2ArgError, match=f"in use by process {os.getppid()}") as err:
+        DS2D2Trainer(overrides=overrides)
+    assert "\n" not in str(err.value)
+    assert (run / "results.csv").read_text() == "epoch,time\n1,2\n" and not (run / "args.yaml").exists()
+    assert lock.read_text().split()[0] == str(os.getppid())
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(f"{gone.pid} {socket.gethostname()}\n")
+    trainer = DS2D2Trainer(overrides=overrides)
+    assert lock.read_text().split()[0] == str(os.getpid())
+    trainer._release_lock()
+    assert not lock.exists()
+
+
+def _save_forever(folder: str, started: Any) -> None:
+    """Child process: write last.pt, best.pt and a stripped final.pt in a loop, counting the rounds it starts."""
+    from ds2d2_yolo.trainer import _strip_atomic
+
+    torch.set_num_threads(1)
+    out = Path(folder)
+    # Megabytes per file: the write is a long C call, during which Python cannot act on SIGINT but SIGTERM kills.
+    ckpt = {"epoch": 0, "model": None, "ema": torch.nn.Linear(300, 300), "optimizer": {"m": torch.rand(2_000_000)}}
+    while True:
+        started.value += 1
+        ckpt["epoch"] += 1
+        atomic_save(ckpt, out / "last.pt")
+        atomic_save(ckpt, out / "best.pt")
+        atomic_save(ckpt, out / "final.pt")
+        _strip_atomic(out / "final.pt")
+
+
+def test_sigint_then_sigterm_during_saves(tmp_path):
+    """SIGINT and then SIGTERM, landing while checkpoints are written and stripped, repeated: every file is whole
+    and loads, and no temporary file is left (the signals wait until the file is in place)."""
+    import multiprocessing
+    import random
+
+    ctx, rng = multiprocessing.get_context("fork"), random.Random(0)
+    for trial in range(12):
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        started = ctx.Value("i", 0)
+        proc = ctx.Process(target=_save_forever, args=(str(folder), started))
+        proc.start()
+        deadline = time.monotonic() + 60
+        while started.value < 2 + trial % 3:
+            assert proc.is_alive() and time.monotonic() < deadline
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.01))
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(rng.uniform(0, 0.003))  # an impatient SIGTERM, while Python still waits to act on the SIGINT
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.join(30)
+        assert proc.exitcode is not None
+        assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "final.pt", "last.pt"], trial
+        epochs = [torch.load(folder / f, weights_only=False)["epoch"] for f in ("last.pt", "best.pt", "final.pt")]
+        assert epochs[0] >= epochs[1] >= 1 and epochs[2] in (-1, epochs[1], epochs[1] - 1), (trial, epochs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# restricted loading: a checkpoint that would run code is refused before it runs
+class RunsCode:
+    """Unpickles by calling exec: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_checkpoints_that_run_code_are_refused(tmp_path, tiny_models, synth_obb, monkeypatch):
+    """A teacher, a resume file and a visualize model that would run code when unpickled are refused in one line,
+    and the code never runs; DS2D2_UNSAFE_LOAD=1 loads trusted files the old way (and then the code does run)."""
+    from ds2d2_yolo.teacher import read_teacher
+    from ds2d2_yolo.visualize import run_visualize
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": RunsCode(marker), "ema": None, "epoch": 0, "train_args": {"epochs": 3}}, evil)
+    project = tmp_path / "proj"
+    image = next((synth_obb.parent / "images" / "val").iterdir())
+    cases = [
+        lambda: DS2D2Trainer(overrides=train_overrides(project, **obb_kw(tiny_models, synth_obb, teacher=str(evil)))),
+        lambda: DS2D2Trainer(overrides=dict(resume=str(evil))),
+        lambda: run_visualize(evil, tiny_models["obb_teacher"], image, imgsz=64, out=tmp_path / "b.png"),
+    ]
+    for case in cases:
+        with pytest.raises(DS2D2ArgError, match="was not loaded: it references 'exec'") as err:
+            case()
+        assert "\n" not in str(err.value) and "DS2D2_UNSAFE_LOAD=1" in str(err.value)
+    assert not marker.exists() and not project.exists()
+    # Restricted loading reads real Ultralytics checkpoints (a resumed DS2D2 last.pt is covered by the resume tests).
+    if V8_TEACHER.exists():
+        assert type(read_teacher(V8_TEACHER, "obb")).__name__ == "OBBModel"
+    monkeypatch.setenv("DS2D2_UNSAFE_LOAD", "1")
+    with pytest.raises(DS2D2ArgError):
+        read_teacher(evil, "obb")  # not a model, once unpickled
+    assert marker.read_text() == "ran"  # the opt-out really unpickles: the file above really runs code
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# more bad input, before expensive work and with nothing left behind
+def test_teacher_reading_other_levels_fails_early(tmp_path, tiny_models, synth_det):
+    """A P2 teacher for a P3-P5 student is refused when the teacher is read: one line, no run folder."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    p2 = DetectionModel(str(tiny_yaml(tmp_path, "yolov8-p2.yaml", 0.125)), nc=3, verbose=False)
+    teacher = save_checkpoint(p2, tmp_path / "teacher-p2.pt", dict(enumerate(CLASSES)), "detect")
+    project = tmp_path / "proj"
+    kw = dict(model=str(tiny_models["detect_student"]), data=str(synth_det), teacher=str(teacher))
+    with pytest.raises(DS2D2ArgError, match=r"reads levels P2/P3/P4/P5 .* the student reads P3/P4/P5") as err:
+        DS2D2Trainer(overrides=train_overrides(project, **kw))
+    assert "\n" not in str(err.value) and not project.exists()
+
+
+def _copy_data(src_yaml: Path, dst: Path) -> tuple[Path, Path]:
+    """Copy a synthetic dataset; return its data yaml and train labels folder."""
+    shutil.copytree(src_yaml.parent, dst, ignore=shutil.ignore_patterns("*.cache"))
+    cfg = yaml.safe_load((dst / "data.yaml").read_text())
+    (dst / "data.yaml").write_text(yaml.safe_dump({**cfg, "path": str(dst)}))
+    return dst / "data.yaml", dst / "labels" / "train"
+
+
+def _corrupt(labels: Path, images: Path, case: str) -> None:
+    if case == "invalid_labels":
+        for f in labels.glob("*.txt"):
+            f.write_text("0 0.5 0.5 not-a-number\n")
+    elif case == "detect_labels_for_obb":
+        for f in labels.glob("*.txt"):
+            f.write_text("0 0.5 0.5 0.2 0.2\n")
+    elif case == "empty_train_folder":
+        for f in images.iterdir():
+            f.unlink()
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("invalid_labels", "has a valid label file (e.g. could not convert string to float"),
+        ("detect_labels_for_obb", "are detect boxes ('cls xc yc w h') but the model is OBB"),
+        ("empty_train_folder", "no train images found in"),
+    ],
+)
+def test_bad_dataset_fails_in_setup_with_one_line(case, message, tmp_path, tiny_models, synth_obb):
+    """Every label invalid, detect labels for an OBB model, or an empty train folder: one line during setup
+    (before the amplifier or any epoch) naming the problem and the fix, and no run folder left behind."""
+    data, labels = _copy_data(synth_obb, tmp_path / "data")
+    _corrupt(labels, tmp_path / "data" / "images" / "train", case)
+    project = tmp_path / "proj"
+    trainer = DS2D2Trainer(overrides=train_overrides(project, **obb_kw(tiny_models, data)))
+    with ultralytics_log() as log, pytest.raises(DS2D2ArgError) as err:
+        trainer.train()
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert not any("training the high-frequency amplifier" in m for m in log)
+    assert not project.exists(), sorted(project.rglob("*"))
+
+
+def test_bad_setup_keys_fail_before_the_run_folder(tmp_path, tiny_models, synth_obb, capfd):
+    """No data=, a GPU this machine lacks, an unwritable project= and an unwritable amplifier.pt: one line each
+    (exit code 2 on the command line), and nothing left behind."""
+    from ds2d2_yolo.cli import entrypoint
+
+    project = tmp_path / "proj"
+    kw = obb_kw(tiny_models, synth_obb)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = [
+        (train_overrides(project, **{**kw, "data": None}), "no data= given"),
+        (train_overrides(blocker / "runs", **kw), "cannot write the run folder"),  # a file where a folder must be
+    ]
+    if not torch.cuda.is_available():
+        cases.append((train_overrides(project, **kw, device="0"), "device=0 is not available"))
+    for overrides, message in cases:
+        with pytest.raises(DS2D2ArgError, match=message) as err:
+            DS2D2Trainer(overrides=overrides)
+        assert "\n" not in str(err.value)
+        assert not project.exists() and not (blocker / "runs").exists()
+
+    (project / "run" / "amplifier.pt").mkdir(parents=True)  # the amplifier could be trained but not saved
+    with pytest.raises(DS2D2ArgError, match="cannot write the amplifier to") as err:
+        DS2D2Trainer(overrides=train_overrides(project, **kw))
+    assert not (project / "run" / LOCK_NAME).exists()
+
+    argv = ["obb", "train", *(f"{k}={v}" for k, v in kw.items()), f"project={blocker / 'runs'}", "imgsz=64"]
+    assert entrypoint(argv) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write the run folder" in err, err
+
+
+def test_doubtful_settings_warn_or_refuse(tmp_path, tiny_models, synth_obb):
+    """Settings that used to pass silently: a huge weight, an unused amplifier= or teacher=, and an untrained
+    teacher warn; amp_epochs=0 (an untrained amplifier) is refused; an OBB yaml named without "obb" is OBB."""
+    from ds2d2_yolo.config import warn_args
+    from ds2d2_yolo.teacher import read_teacher
+
+    warned = warn_args(check_args({"lambda_exh": 1e30}))
+    assert len(warned) == 1 and "lambda_exh=1e+30" in warned[0]
+    assert warn_args(check_args({})) == []
+    assert (
+        "amplifier=a.pt' is ignored: implicit_high=false"
+        in warn_args(check_args({"amplifier": "a.pt", "implicit_high": False}))[0]
+    )
+    assert "distill=cwd" in warn_args(check_args({"amplifier": "a.pt", "distill": "cwd"}))[0]
+    assert "ignored with distill=none" in warn_args(check_args({"teacher": "t.pt", "distill": "none"}))[0]
+    project = tmp_path / "proj"
+    with pytest.raises(DS2D2ArgError, match="amp_epochs=0") as err:
+        DS2D2Trainer(overrides=train_overrides(project, **obb_kw(tiny_models, synth_obb), amp_epochs=0))
+    assert "implicit_high=false" in str(err.value) and not project.exists()
+
+    with ultralytics_log() as log:
+        read_teacher(tiny_models["obb_teacher"], "obb")  # built, never trained
+    assert any("looks untrained" in m for m in log)
+    if V8_TEACHER.exists():
+        with ultralytics_log() as log:
+            read_teacher(V8_TEACHER, "obb")
+        assert not any("looks untrained" in m for m in log)
+
+    plain_name = tmp_path / "student.yaml"  # an OBB head, but nothing in the name says so
+    shutil.copy(tiny_models["obb_student"], plain_name)
+    trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, **obb_kw(tiny_models, synth_obb, model=str(plain_name))))
+    assert trainer.args.task == "obb" and isinstance(trainer, OBBTrainer)
+    trainer._release_lock()
+
+
+def test_checkpoint_files_modes_sizes_and_columns(obb_run, tmp_path):
+    """Checkpoints and amplifier.pt get Ultralytics' file mode (0666 less the umask, not mkstemp's 0600); best.pt is
+    the plain student (no adapters or amplifier: those stay in last.pt); validation has no always-zero KD columns
+    and results.png draws the KD terms."""
+    from ds2d2_yolo.visualize import plot_results, results_columns
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for key in ("last", "best", "amplifier"):
+        assert obb_run[key].stat().st_mode & 0o777 == 0o666 & ~mask, key
+    last, best = (torch.load(obb_run[k], weights_only=False) for k in ("last", "best"))
+    assert set(best["ds2d2"]) == {"version", "args"} and best["ds2d2"]["args"] == last["ds2d2"]["args"]
+    assert last["ds2d2"]["amplifier"] is not None and last["ds2d2"]["connectors"]
+    assert not [v for v in best["ds2d2"]["args"].values() if isinstance(v, torch.Tensor)]
+
+    def serialized(obj: Any) -> int:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.tell()
+
+    # The DS2D2 record costs best.pt under 4 kB over the plain student; last.pt carries adapters and amplifier.
+    assert serialized(best) - serialized({k: v for k, v in best.items() if k != "ds2d2"}) < 4096
+    assert obb_run["best"].stat().st_size < obb_run["last"].stat().st_size / 2
+
+    header = (obb_run["last"].parent.parent / "results.csv").read_text().splitlines()[0].split(",")
+    assert not [c for c in header if c.startswith("val/") and "loss" not in c], header
+    top, bottom = results_columns(header, ("ex_low", "ex_high", "im_full", "im_high"))
+    assert set(DS2D2_COLS) <= set(top) and "train/box_loss" in top and "metrics/mAP50(B)" in bottom
+    out = plot_results(obb_run["last"].parent.parent / "results.csv", ("ex_low",), out=tmp_path / "results.png")
+    assert out.stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tools: outputs as Ultralytics' predict writes them, one mode's help, dataset preparation
+def test_slice_and_visualize_write_run_folders(tmp_path, tiny_models, synth_obb):
+    """slice and visualize write under <project>/<mode>, <mode>2, ... and say "Results saved to"; the colour bars
+    of bands.png carry no shared scale label (it sat on the panel titles)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ds2d2_yolo.sliced import run_slice
+    from ds2d2_yolo.visualize import _panel, run_visualize
+
+    image = sorted((synth_obb.parent / "images" / "val").iterdir())[0]
+    teacher = tiny_models["obb_teacher"]
+    (tmp_path / "visualize").mkdir()  # an earlier run's folder: the next one is visualize2, as predict2
+    with ultralytics_log() as log:
+        bands = run_visualize(teacher, teacher, image, imgsz=64, project=tmp_path)
+        s = run_slice(teacher, image, tile=64, project=tmp_path)["save"]
+    assert bands == tmp_path / "visualize2" / "bands.png" and bands.is_file()
+    assert s == tmp_path / "slice" / f"{image.stem}.png" and s.is_file()
+    assert sum("Results saved to" in m for m in log) == 2
+
+    fig, ax = plt.subplots()
+    _panel(fig, ax, np.random.default_rng(0).random((8, 8)) * 1e-4, [0, 8, 8, 0], "title", "viridis")
+    fig.canvas.draw()
+    assert all(a.yaxis.get_offset_text().get_text() == "" for a in fig.axes)
+    plt.close(fig)
+
+
+def test_mode_help_lists_that_modes_keys(capsys):
+    """`ds2d2-yolo MODE help` prints that mode's keys (and how to make a student smaller than a nano teacher)."""
+    from ds2d2_yolo.cli import SUBCOMMAND_KEYS, entrypoint
+
+    assert entrypoint(["train", "help"]) == 0
+    out = capsys.readouterr().out
+    assert "lambda_exl=0.1" in out and "scaled_model_yaml" in out and "tile=" not in out
+    for mode, spec in SUBCOMMAND_KEYS.items():
+        assert entrypoint([mode, "help"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"Usage: ds2d2-yolo {mode}") and all(f"  {k}=" in out for k in spec), mode
+        assert "lambda_exl" not in out
+    assert entrypoint(["amplifier", "help"]) == 0
+    out = capsys.readouterr().out
+    assert "amp_epochs=3" in out and "lambda_exl" not in out
+
+
+def _dota_folder(root: Path, n: int) -> Path:
+    """A DOTA split folder (images/, labelTxt/) of n small images, one plane each."""
+    (root / "images").mkdir(parents=True)
+    (root / "labelTxt").mkdir()
+    for i in range(n):
+        cv2.imwrite(str(root / "images" / f"P{i:04d}.png"), np.full((64, 64, 3), 40 * i % 255, np.uint8))
+        (root / "labelTxt" / f"P{i:04d}.txt").write_text("10 10 40 10 40 30 10 30 plane 0\n")
+    return root
+
+
+def test_convert_without_val_folder_splits_whole_images(tmp_path):
+    """convert of a source with no val folder splits off whole images for val (seeded) or takes val_src=, and says
+    which; the dataset path of the README, cfg/DOTAv1.yaml and the missing-data hint is one."""
+    from ds2d2_yolo.cfg import CFG_DIR
+
+    from ds2d2_yolo.cli import UsageError, _check_data
+    from ds2d2_yolo.dataprep import run_convert
+
+    src = _dota_folder(tmp_path / "DOTA", 5)
+    with ultralytics_log() as log:
+        res = run_convert("dota", src, tmp_path / "out", tile=0)
+    data = yaml.safe_load((tmp_path / "out" / "data.yaml").read_text())
+    assert data["val"] == "images/val" and data["train"] == "images/train"
+    train = {p.stem for p in (tmp_path / "out" / "images" / "train").iterdir()}
+    val = {p.stem for p in (tmp_path / "out" / "images" / "val").iterdir()}
+    assert len(val) == 1 and len(train) == 4 and not train & val
+    assert len(list((tmp_path / "out" / "labels" / "val").iterdir())) == 1
+    assert "1 of 5 train images split off (val=0.2, seed=0)" in res["val_source"]
+    assert any(m.startswith("val: 1 of 5") for m in log)
+    again = run_convert("dota", src, tmp_path / "again", tile=0)
+    assert again["val_source"] == res["val_source"]  # seeded: the same images every time
+
+    other = _dota_folder(tmp_path / "DOTA-val", 2)
+    res = run_convert("dota", src, tmp_path / "out2", tile=0, val_src=other)
+    assert res["val_source"] == f"val_src={other}" and len(list((tmp_path / "out2" / "images" / "val").iterdir())) == 2
+    assert len(list((tmp_path / "out2" / "images" / "train").iterdir())) == 5
+    res = run_convert("dota", src, tmp_path / "out3", tile=0, val=0)
+    assert (
+        res["val_source"].startswith("none")
+        and yaml.safe_load((tmp_path / "out3" / "data.yaml").read_text())["val"] == "images/train"
+    )
+
+    path = yaml.safe_load((CFG_DIR / "DOTAv1.yaml").read_text())["path"]
+    with pytest.raises(UsageError) as err:
+        _check_data(str(CFG_DIR / "DOTAv1.yaml"))
+    assert f"dst={path}" in str(err.value)
+    assert f"dst={path} " in (REPO / "README.md").read_text()

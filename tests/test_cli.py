@@ -172,7 +172,7 @@ def _mistakes(m: dict[str, Path], data: Path, project: Path) -> list[tuple[list[
     return [
         (["obb", "train", *base, "epochs=abc"], ("epochs=abc", "int")),
         (["obb", "train", *base, "lamda_exl=0.5"], ("'lamda_exl'", "lambda_exl", "distill, teacher")),
-        (["obb", "train", *base, "distill=kd"], ("distill=kd", "ds2d2, cwd, mgd, native, none")),
+        (["obb", "train", *base, "distill=kd"], ("distill=kd", "ds2d2, cwd, mgd, native, pseudo, none")),
         (["obb", "train", *base, "disw=rotated"], ("disw=rotated", "auto, hbb, obb, none")),
         (["obb", "train", *base, "wave_mode=edge"], ("wave_mode=edge", "zero, symmetric")),
         (["obb", "train", *base, "lambda_exl=-1"], ("lambda_exl=-1", ">= 0")),

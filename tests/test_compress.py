@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import V8_TEACHER, need_shared, save_checkpoint, train_overrides
+from conftest import V8_TEACHER, Y26_TEACHER, need_shared, save_checkpoint, train_overrides
 from ultralytics.nn.modules import C2f
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, load_checkpoint
 
@@ -147,7 +147,7 @@ def test_pruned_file_is_plain(compressed, synth_obb):
 
 def test_compress_stage_failure_is_one_line(tmp_path, tiny_models, synth_obb, capsys, monkeypatch):
     """A failing stage stops the pipeline with one line naming it; what earlier stages wrote stays."""
-    from ds2d2_yolo.trainer import DS2D2Trainer
+    from ds2d2_yolo.integration.trainer import DS2D2Trainer
 
     def broken(self):
         raise RuntimeError("simulated training failure\nsecond line")
@@ -237,8 +237,15 @@ def test_distil_trains_pruned_architecture_and_resumes(tmp_path, tiny_models, sy
     assert [p.shape for p in best.parameters()] == [p.shape for p in pruned.parameters()]
 
 
-@pytest.mark.parametrize("ratio, params", [(0.25, 1_740_592), (0.5, 778_112)])
-def test_real_yolov8n_obb_dota(ratio, params):
-    """The real DOTA teacher (3.09 M parameters) prunes to the sizes the accuracy benchmark's R3 regime uses."""
-    model = load_checkpoint(str(need_shared(V8_TEACHER)))[0]
-    assert n_params(prune_model(model, ratio)) == params
+@pytest.mark.parametrize(
+    "teacher, ratio, params",
+    [(V8_TEACHER, 0.25, 1_740_592), (V8_TEACHER, 0.5, 778_112), (Y26_TEACHER, 0.5, 901_656)],
+    ids=["yolov8n-obb-0.25", "yolov8n-obb-0.5", "yolo26n-obb-0.5"],
+)
+def test_real_dota_teachers(teacher, ratio, params):
+    """The real DOTA teachers (3.09 M and 2.65 M parameters) prune to fixed sizes; v8's are the R3 regime's."""
+    model = load_checkpoint(str(need_shared(teacher)))[0]
+    pruned = prune_model(model, ratio)
+    assert n_params(pruned) == params
+    with torch.no_grad():
+        assert pruned(torch.rand(1, 3, 128, 128))[0].shape == model.float().eval()(torch.rand(1, 3, 128, 128))[0].shape

@@ -287,7 +287,7 @@ def run_compress(
         StageError: When a stage fails (after writing the report of the stages before it).
     """
     args = dict(locals())
-    from ds2d2_yolo.integration.trainer import DS2D2Trainer  # imported here: it pulls in every distillation method
+    from ds2d2_yolo import DS2D2Trainer  # imported here: it pulls in every distillation method
 
     check_compress_args(args)
     formats = int8_formats(int8)

@@ -147,7 +147,7 @@ def test_pruned_file_is_plain(compressed, synth_obb):
 
 def test_compress_stage_failure_is_one_line(tmp_path, tiny_models, synth_obb, capsys, monkeypatch):
     """A failing stage stops the pipeline with one line naming it; what earlier stages wrote stays."""
-    from ds2d2_yolo.integration.trainer import DS2D2Trainer
+    from ds2d2_yolo import DS2D2Trainer
 
     def broken(self):
         raise RuntimeError("simulated training failure\nsecond line")

@@ -10,10 +10,10 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DWT2d": "ds2d2_yolo.dwt",
-    "high_frequency": "ds2d2_yolo.dwt",
-    "disw_weights": "ds2d2_yolo.disw",
-    "DS2D2Trainer": "ds2d2_yolo.trainer",
+    "DWT2d": "ds2d2_yolo.core.dwt",
+    "high_frequency": "ds2d2_yolo.core.dwt",
+    "disw_weights": "ds2d2_yolo.core.disw",
+    "DS2D2Trainer": "ds2d2_yolo.integration.trainer",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from ds2d2_yolo.disw import disw_weights, xywhr_to_xyxy_hull
-from ds2d2_yolo.dwt import DWT2d
+from ds2d2_yolo.core.disw import disw_weights, xywhr_to_xyxy_hull
+from ds2d2_yolo.core.dwt import DWT2d
 
 INPUT = 640
 LEVELS = (40, 20, 10)  # band grids of P3/P4/P5 (strides 8/16/32) at 640 px after one DWT level

@@ -78,9 +78,9 @@ def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> 
 
     from ds2d2_yolo.benchmark import METHODS
     from ds2d2_yolo.config import check_args
-    from ds2d2_yolo.distiller import DS2D2Model
-    from ds2d2_yolo.hooks import detection_head
-    from ds2d2_yolo.teacher import load_teacher
+    from ds2d2_yolo.integration.hooks import detection_head
+    from ds2d2_yolo.integration.teacher import load_teacher
+    from ds2d2_yolo.integration.wrapper import DS2D2Model
 
     torch.manual_seed(0)
     student = OBBModel(student_yaml, nc=nc, verbose=False)

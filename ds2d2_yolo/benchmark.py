@@ -193,7 +193,7 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one (method, seed) in this process and return its measurements (child side)."""
     import torch
 
-    from ds2d2_yolo.trainer import DS2D2Trainer
+    from ds2d2_yolo.integration.trainer import DS2D2Trainer
 
     steps: list[float] = []
     t0 = [0.0]
@@ -242,7 +242,7 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "mAP50_last5": statistics.fmean(c["mAP50"] for c in last5) if last5 else float("nan"),
         "mAP50-95_last5": statistics.fmean(c["mAP50-95"] for c in last5) if last5 else float("nan"),
         "curve": curve,
-        "commit": spec.get("commit") or git_commit(),
+        "commit": git_commit(),  # of the code this process runs, which a long grid's tree may have moved past
         "settings": {k: v for k, v in spec["overrides"].items() if k not in ("model", "data", "teacher", "project")},
     }
 
@@ -275,9 +275,9 @@ def git_commit() -> str:
     """The commit this code runs from, with `+dirty` when tracked files differ from it ("unknown" outside git)."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        head = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL)
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "-uno"], cwd=root, text=True)
+        return head.strip() + ("+dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -391,7 +391,6 @@ def run_benchmark(
     if not tfile.exists():
         tfile.write_text(json.dumps(teacher_map(teacher, data[split], cfg["imgsz"], out / "runs")))
     records = read_results(results)
-    commit = git_commit()
     # Seed-major order: a partial grid still compares every method on the same seeds.
     for seed in range(seeds) if isinstance(seeds, int) else seeds:
         for name in names:
@@ -420,7 +419,7 @@ def run_benchmark(
             )
             # The method's keys, then the caller's extra keys, override the track's (e.g. device=0 on a GPU).
             overrides.update({**METHODS[name], **(extra or {})})
-            spec = {"method": name, "seed": seed, "overrides": overrides, "val_every": val_every, "commit": commit}
+            spec = {"method": name, "seed": seed, "overrides": overrides, "val_every": val_every}
             print(f"[benchmark] {track}/{split} {name} seed {seed} ({epochs} epochs)", flush=True)
             proc = subprocess.run(
                 [sys.executable, "-m", "ds2d2_yolo.benchmark", json.dumps(spec)], capture_output=True, text=True

@@ -521,7 +521,7 @@ def _own_keys(mode: str, kv: dict[str, Any]) -> dict[str, Any]:
 
 def _train(task: str | None, kv: dict[str, Any]) -> None:
     ul, mine = _distil_args("train", task, kv)
-    from ds2d2_yolo.trainer import DS2D2Trainer
+    from ds2d2_yolo.integration.trainer import DS2D2Trainer
 
     with user_errors():
         trainer = DS2D2Trainer(overrides={**ul, **mine})
@@ -530,7 +530,7 @@ def _train(task: str | None, kv: dict[str, Any]) -> None:
 
 def _amplifier(task: str | None, kv: dict[str, Any]) -> None:
     ul, mine = _distil_args("amplifier", task, kv)
-    from ds2d2_yolo.trainer import build_amplifier_file
+    from ds2d2_yolo.integration.trainer import build_amplifier_file
 
     path = build_amplifier_file({**ul, **mine})
     print(f"amplifier written to {path}; pass amplifier={path} to 'ds2d2-yolo train' with the same teacher")

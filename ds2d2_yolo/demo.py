@@ -159,7 +159,7 @@ def train_student(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
     Returns:
         (dict): "mAP50", "mAP50-95", "train_s", "save_dir" (Path) and "epochs" (list of results.csv rows).
     """
-    from ds2d2_yolo.trainer import DS2D2Trainer
+    from ds2d2_yolo.integration.trainer import DS2D2Trainer
 
     _log(f"training the student with distill={method} for {overrides['epochs']} epochs")
     trainer = DS2D2Trainer(overrides={**overrides, "distill": method, "name": method})

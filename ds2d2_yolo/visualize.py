@@ -70,7 +70,7 @@ def load_model(weights: str | Path | nn.Module) -> nn.Module:
 
     Raises:
         FileNotFoundError: When the file does not exist.
-        DS2D2ArgError: When the restricted load refuses the file (see `ds2d2_yolo.teacher.safe_loading`).
+        DS2D2ArgError: When the restricted load refuses the file (see `ds2d2_yolo.integration.teacher.safe_loading`).
     """
     if isinstance(weights, nn.Module):
         model = weights
@@ -78,7 +78,7 @@ def load_model(weights: str | Path | nn.Module) -> nn.Module:
         if weights in (None, "") or not Path(weights).is_file():
             raise FileNotFoundError(f"model file '{weights}' not found; pass a trained Ultralytics .pt (or a yaml)")
         model = load_yolo(weights).model
-    from ds2d2_yolo.hooks import detection_head
+    from ds2d2_yolo.integration.hooks import detection_head
 
     detection_head(model)  # fail early, with the reason, on classify/segment-free models without a Detect head
     model = model.float().eval()
@@ -95,7 +95,7 @@ def load_yolo(weights: str | Path, what: str = "model") -> Any:
     """
     from ultralytics import YOLO
 
-    from ds2d2_yolo.teacher import refused_global, safe_loading, unsafe_file_error
+    from ds2d2_yolo.integration.teacher import refused_global, safe_loading, unsafe_file_error
 
     try:
         with safe_loading():
@@ -263,7 +263,7 @@ def predict_boxes(model: nn.Module, img: torch.Tensor, conf: float = 0.25, iou: 
     """
     from ultralytics.utils.nms import non_max_suppression
 
-    from ds2d2_yolo.hooks import detection_head
+    from ds2d2_yolo.integration.hooks import detection_head
 
     obb = type(detection_head(model)).__name__.startswith("OBB")
     with torch.no_grad():
@@ -336,10 +336,9 @@ def band_maps(
     Returns:
         (list[LevelMaps]): One entry per head level.
     """
-    from ds2d2_yolo.distiller import match_channels
-    from ds2d2_yolo.disw import disw_weights, resolve_disw_mode
-    from ds2d2_yolo.dwt import DWT2d
-    from ds2d2_yolo.hooks import detection_head, head_features
+    from ds2d2_yolo.core.disw import disw_weights, resolve_disw_mode
+    from ds2d2_yolo.core.dwt import DWT2d
+    from ds2d2_yolo.integration.hooks import detection_head, head_features, match_channels
 
     t_head, s_head = detection_head(teacher), detection_head(student)
     if t_head.nl != s_head.nl or not torch.equal(t_head.stride.cpu(), s_head.stride.cpu()):
@@ -517,7 +516,7 @@ def run_visualize(
 
         out = run_dir(guess_model_task(t_model), "visualize", project, name) / "bands.png"
     source, out = Path(source), Path(out)
-    from ds2d2_yolo.hooks import detection_head
+    from ds2d2_yolo.integration.hooks import detection_head
 
     stride = int(max(detection_head(t_model).stride.max().item(), detection_head(s_model).stride.max().item(), 32))
     size = int(math.ceil(int(imgsz) / stride) * stride)

@@ -89,10 +89,10 @@ def test_amplifier_mode_writes_loadable_file(amplifier_run, tiny_models, synth_o
     """The file loads for the same teacher and wavelet (fingerprint and format checked) and holds a head."""
     import torch
 
-    from ds2d2_yolo.amplifier import load_amplifier
     from ds2d2_yolo.config import check_args
+    from ds2d2_yolo.integration.amplifier import load_amplifier
+    from ds2d2_yolo.integration.teacher import load_teacher
     from ds2d2_yolo.synthetic import CLASSES
-    from ds2d2_yolo.teacher import load_teacher
 
     teacher = load_teacher(tiny_models["obb_teacher"], "obb", dict(enumerate(CLASSES)))
     head = load_amplifier(amplifier_run, teacher.head, teacher.fingerprint, check_args({}))

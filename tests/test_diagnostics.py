@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import train_overrides
 
-from ds2d2_yolo.amplifier import amplifier_loss, recalibrate_bn, train_amplifier
 from ds2d2_yolo.config import DS2D2ArgError, check_args
-from ds2d2_yolo.diagnostics import DiagnosticsLog, balanced_weights, feature_distance, grad_stats
-from ds2d2_yolo.hooks import detection_head, head_features
-from ds2d2_yolo.probe import head_map
-from ds2d2_yolo.schedule import KDSchedule
-from ds2d2_yolo.trainer import DS2D2Trainer
+from ds2d2_yolo.core.diagnostics import DiagnosticsLog, balanced_weights, feature_distance, grad_stats
+from ds2d2_yolo.core.schedule import KDSchedule
+from ds2d2_yolo.integration.amplifier import amplifier_loss, recalibrate_bn, train_amplifier
+from ds2d2_yolo.integration.hooks import detection_head, head_features
+from ds2d2_yolo.integration.probe import head_map
+from ds2d2_yolo.integration.trainer import DS2D2Trainer
 
 WEIGHTS = "/work/shared/weights/yolov8n-obb-dota.pt"
 
@@ -101,8 +101,8 @@ def test_frozen_amplifier_is_the_trained_function(dota8_yaml, tmp_path):
     bn = next(m for m in head.modules() if isinstance(m, torch.nn.BatchNorm2d))
     bn_t = next(m for m in template.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert not torch.allclose(bn.running_var, bn_t.running_var)
-    from ds2d2_yolo.amplifier import _criterion, hf_features
-    from ds2d2_yolo.dwt import DWT2d
+    from ds2d2_yolo.core.dwt import DWT2d
+    from ds2d2_yolo.integration.amplifier import _criterion, hf_features
 
     stale = head
     for m, mt in zip(stale.modules(), template.modules()):
@@ -143,7 +143,7 @@ def test_per_stream_adapters_take_only_their_stream(tiny_models, synth_obb, tmp_
     tr._setup_train()
     model = tr.model.train()
     batch = tr.preprocess_batch(next(iter(tr.train_loader)))
-    from ds2d2_yolo.hooks import capture_head_inputs
+    from ds2d2_yolo.integration.hooks import capture_head_inputs
 
     for terms, reached, untouched in (
         (("ex_low", "ex_high"), model.adapters, model.adapters_im),

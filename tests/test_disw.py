@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ds2d2_yolo.disw import disw_weights, xywhr_to_xyxy_hull
+from ds2d2_yolo.core.disw import disw_weights, xywhr_to_xyxy_hull
 
 
 def loop_hbb(boxes, batch_idx, batch_size, input_hw, band_hw):
@@ -152,7 +152,7 @@ def test_obb_matches_loop_on_random_batches():
 
 
 def test_obb_chunked_path_matches(monkeypatch):
-    import ds2d2_yolo.disw as disw
+    import ds2d2_yolo.core.disw as disw
 
     gen = torch.Generator().manual_seed(4)
     boxes = random_xywhr(60, 64, gen)

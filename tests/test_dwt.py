@@ -8,7 +8,7 @@ import pywt
 import torch
 import torch.nn.functional as F
 
-from ds2d2_yolo.dwt import MODES, DWT2d, high_frequency
+from ds2d2_yolo.core.dwt import MODES, DWT2d, high_frequency
 
 WAVES = ("haar", "db2", "sym4", "bior2.2")
 SIZES = ((6, 8), (7, 5), (1, 3), (9, 9))  # even, odd, a single row, odd square

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ds2d2_yolo.connectors import Adapter, MGDGenerator
-from ds2d2_yolo.losses import (
+from ds2d2_yolo.core.connectors import Adapter, MGDGenerator
+from ds2d2_yolo.core.losses import (
     band_mse,
     bbox_iou_xyxy,
     box_kd_hbb,

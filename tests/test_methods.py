@@ -9,8 +9,8 @@ from conftest import train_overrides
 
 from ds2d2_yolo import methods
 from ds2d2_yolo.config import DS2D2ArgError, check_args
+from ds2d2_yolo.integration.trainer import DS2D2Trainer
 from ds2d2_yolo.methods import FeatureMethod, register
-from ds2d2_yolo.trainer import DS2D2Trainer
 
 
 class L2(FeatureMethod):

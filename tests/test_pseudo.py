@@ -11,8 +11,8 @@ import yaml
 from conftest import train_overrides
 
 from ds2d2_yolo.config import DS2D2ArgError
-from ds2d2_yolo.pseudo import new_objects
-from ds2d2_yolo.trainer import DS2D2Trainer
+from ds2d2_yolo.integration.pseudo import new_objects
+from ds2d2_yolo.integration.trainer import DS2D2Trainer
 
 WEIGHTS = "/work/shared/weights/yolov8n-obb-dota.pt"
 

@@ -35,13 +35,14 @@ from conftest import REPO, V8_TEACHER, save_checkpoint, tiny_yaml, train_overrid
 from ultralytics.models.yolo.obb import OBBTrainer
 
 from ds2d2_yolo import DS2D2Trainer
-from ds2d2_yolo.amplifier import atomic_save, freeze, save_amplifier
 from ds2d2_yolo.config import DS2D2ArgError, check_args
-from ds2d2_yolo.distiller import DS2D2Model
-from ds2d2_yolo.hooks import detection_head, head_features
+from ds2d2_yolo.integration.amplifier import freeze, save_amplifier
+from ds2d2_yolo.integration.checkpoint import atomic_save
+from ds2d2_yolo.integration.hooks import detection_head, head_features
+from ds2d2_yolo.integration.teacher import fingerprint
+from ds2d2_yolo.integration.trainer import LOCK_NAME
+from ds2d2_yolo.integration.wrapper import DS2D2Model
 from ds2d2_yolo.synthetic import CLASSES
-from ds2d2_yolo.teacher import fingerprint
-from ds2d2_yolo.trainer import LOCK_NAME
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
 
@@ -347,11 +348,11 @@ import json, resource, sys
 from copy import deepcopy
 import torch
 from ultralytics.nn.tasks import OBBModel, load_checkpoint
-from ds2d2_yolo.amplifier import freeze
+from ds2d2_yolo.integration.amplifier import freeze
 from ds2d2_yolo.config import check_args
-from ds2d2_yolo.distiller import DS2D2Model
-from ds2d2_yolo.disw import disw_weights
-from ds2d2_yolo.hooks import capture_head_inputs, detection_head, head_features
+from ds2d2_yolo.integration.wrapper import DS2D2Model
+from ds2d2_yolo.core.disw import disw_weights
+from ds2d2_yolo.integration.hooks import capture_head_inputs, detection_head, head_features
 
 torch.set_num_threads(1)
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
@@ -574,7 +575,7 @@ import sys, time
 from pathlib import Path
 import torch
 import torch.serialization as serialization
-from ds2d2_yolo.amplifier import atomic_save
+from ds2d2_yolo.integration.checkpoint import atomic_save
 
 path, progress = Path(sys.argv[1]), Path(sys.argv[2])
 real_save = serialization._save
@@ -640,7 +641,7 @@ def test_atomic_save_crash_keeps_previous_file(tmp_path, monkeypatch):
     """A crash while a checkpoint is being written leaves the previous file byte-identical and no temporary file
     behind, for errors and KeyboardInterrupt alike; and when Ultralytics' patched torch.save retries after a
     transient RuntimeError, the retry writes a clean file instead of appending to the failed attempt."""
-    import ds2d2_yolo.amplifier as amplifier_module
+    import ds2d2_yolo.integration.amplifier as amplifier_module
 
     path = tmp_path / "last.pt"
     atomic_save({"epoch": 1, "w": torch.arange(10.0)}, path)
@@ -679,7 +680,7 @@ def test_ddp_script_carries_ds2d2_keys(tmp_path, tiny_models, synth_obb):
     from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
     from ultralytics.utils.patches import torch_load
 
-    from ds2d2_yolo.trainer import CarriedArgs
+    from ds2d2_yolo.integration.trainer import CarriedArgs
 
     custom = dict(lambda_exl=0.123, lambda_imh=0.0, wavelet="db2", disw="hbb", amp_epochs=2, implicit_full=False)
     trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, **obb_kw(tiny_models, synth_obb, **custom)))
@@ -901,7 +902,7 @@ def test_resume_continues_the_named_checkpoint(tmp_path, obb_run, monkeypatch, c
     def never(*args, **kwargs):
         raise AssertionError("read before the resume was checked")
 
-    monkeypatch.setattr("ds2d2_yolo.trainer.load_teacher", never)
+    monkeypatch.setattr("ds2d2_yolo.integration.trainer.load_teacher", never)
     monkeypatch.setattr(DS2D2Trainer, "get_dataset", never)
     for overrides, message in (
         (dict(resume=str(obb_run["last"])), "nothing to resume"),  # final last.pt, optimizer stripped
@@ -942,7 +943,7 @@ def test_run_folder_lock(tmp_path, tiny_models, synth_obb):
 
 def _save_forever(folder: str, started: Any) -> None:
     """Child process: write last.pt, best.pt and a stripped final.pt in a loop, counting the rounds it starts."""
-    from ds2d2_yolo.trainer import _strip_atomic
+    from ds2d2_yolo.integration.trainer import _strip_atomic
 
     torch.set_num_threads(1)
     out = Path(folder)
@@ -1001,7 +1002,7 @@ class RunsCode:
 def test_checkpoints_that_run_code_are_refused(tmp_path, tiny_models, synth_obb, monkeypatch):
     """A teacher, a resume file and a visualize model that would run code when unpickled are refused in one line,
     and the code never runs; DS2D2_UNSAFE_LOAD=1 loads trusted files the old way (and then the code does run)."""
-    from ds2d2_yolo.teacher import read_teacher
+    from ds2d2_yolo.integration.teacher import read_teacher
     from ds2d2_yolo.visualize import run_visualize
 
     marker = tmp_path / "ran"
@@ -1121,7 +1122,7 @@ def test_doubtful_settings_warn_or_refuse(tmp_path, tiny_models, synth_obb):
     """Settings that used to pass silently: a huge weight, an unused amplifier= or teacher=, and an untrained
     teacher warn; amp_epochs=0 (an untrained amplifier) is refused; an OBB yaml named without "obb" is OBB."""
     from ds2d2_yolo.config import warn_args
-    from ds2d2_yolo.teacher import read_teacher
+    from ds2d2_yolo.integration.teacher import read_teacher
 
     warned = warn_args(check_args({"lambda_exh": 1e30}))
     assert len(warned) == 1 and "lambda_exh=1e+30" in warned[0]

@@ -14,7 +14,7 @@ import torch
 from conftest import V8_TEACHER, Y26_TEACHER, need_shared, train_overrides
 
 from ds2d2_yolo import DS2D2Trainer
-from ds2d2_yolo.teacher import fingerprint
+from ds2d2_yolo.integration.teacher import fingerprint
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
 
@@ -90,9 +90,9 @@ def _tiny_ds2d2(tiny_models, synth_obb):
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.nn.tasks import OBBModel, load_checkpoint
 
-    from ds2d2_yolo.amplifier import train_amplifier
     from ds2d2_yolo.config import check_args
-    from ds2d2_yolo.distiller import DS2D2Model
+    from ds2d2_yolo.integration.amplifier import train_amplifier
+    from ds2d2_yolo.integration.wrapper import DS2D2Model
 
     student = OBBModel(str(tiny_models["obb_student"]), nc=3, verbose=False)
     teacher = load_checkpoint(str(tiny_models["obb_teacher"]))[0].float().eval()
@@ -111,7 +111,7 @@ def _tiny_ds2d2(tiny_models, synth_obb):
 
 
 def _terms(model, batch):
-    from ds2d2_yolo.hooks import capture_head_inputs, head_features
+    from ds2d2_yolo.integration.hooks import capture_head_inputs, head_features
 
     store = {}
     with capture_head_inputs(model.student_model, store, "s"):
@@ -139,7 +139,7 @@ def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, syn
 def test_channels_last_frozen_modules_change_nothing_but_layout(tiny_models, synth_obb):
     """The wrapper stores the frozen teacher and amplifier channels-last; their outputs, the terms and the adapters'
     gradients match those computed with the same modules in the default layout."""
-    from ds2d2_yolo.hooks import detection_head, head_features
+    from ds2d2_yolo.integration.hooks import detection_head, head_features
 
     model, _, teacher, amp, batch = _tiny_ds2d2(tiny_models, synth_obb)
     convs = [m.weight for net in (teacher, amp) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]

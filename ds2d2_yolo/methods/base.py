@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from ds2d2_yolo.distiller import DS2D2Model
 
 
 class FeatureMethod:
@@ -42,12 +39,13 @@ class FeatureMethod:
         return {}
 
     def terms(
-        self, model: DS2D2Model, s_feats: list[torch.Tensor], s_ad: list[torch.Tensor], t_feats: list, batch: dict
+        self, model: nn.Module, s_feats: list[torch.Tensor], s_ad: list[torch.Tensor], t_feats: list, batch: dict
     ) -> dict[str, torch.Tensor]:
         """Weighted distillation terms of one batch, in fp32.
 
         Args:
-            model (DS2D2Model): The wrapper (its connectors, teacher, amplifier and validated `cfg`).
+            model (nn.Module): The training wrapper, `DS2D2Model` (its connectors, teacher, amplifier, validated `cfg`);
+                methods take it as an argument rather than importing it, so the wrapper can import the registry.
             s_feats (list[torch.Tensor]): Student head inputs (with gradient).
             s_ad (list[torch.Tensor]): The same after the per-level adapters, in fp32.
             t_feats (list[torch.Tensor]): Teacher head inputs in fp32 (no gradient).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ds2d2_yolo.losses import cwd_loss
+from ds2d2_yolo.core.losses import cwd_loss
 from ds2d2_yolo.methods.base import FeatureMethod
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ds2d2_yolo.connectors import Adapter
-from ds2d2_yolo.disw import disw_weights
-from ds2d2_yolo.dwt import high_frequency
-from ds2d2_yolo.hooks import detection_head
-from ds2d2_yolo.kd import amplifier_kd
-from ds2d2_yolo.losses import explicit_band_loss
+from ds2d2_yolo.core.connectors import Adapter
+from ds2d2_yolo.core.disw import disw_weights
+from ds2d2_yolo.core.dwt import high_frequency
+from ds2d2_yolo.core.losses import explicit_band_loss
+from ds2d2_yolo.integration.hooks import detection_head
+from ds2d2_yolo.integration.kd import amplifier_kd
 from ds2d2_yolo.methods.base import FeatureMethod
 
 

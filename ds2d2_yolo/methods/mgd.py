@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ds2d2_yolo.connectors import MGDGenerator
-from ds2d2_yolo.losses import mgd_loss
+from ds2d2_yolo.core.connectors import MGDGenerator
+from ds2d2_yolo.core.losses import mgd_loss
 from ds2d2_yolo.methods.base import FeatureMethod
 
 

@@ -8,27 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ds2d2_yolo.connectors import Adapter
-from ds2d2_yolo.diagnostics import feature_distance, grad_stats
-from ds2d2_yolo.disw import resolve_disw_mode
-from ds2d2_yolo.dwt import DWT2d
-from ds2d2_yolo.hooks import capture_head_inputs, detection_head, head_features
+from ds2d2_yolo.core.connectors import Adapter
+from ds2d2_yolo.core.diagnostics import feature_distance, grad_stats
+from ds2d2_yolo.core.disw import resolve_disw_mode
+from ds2d2_yolo.core.dwt import DWT2d
+from ds2d2_yolo.integration.hooks import capture_head_inputs, detection_head, head_features, match_channels
 from ds2d2_yolo.methods import REGISTRY
 
 # Attributes Ultralytics reads or writes on `trainer.model`; they belong to the student.
 _STUDENT_ATTRS = frozenset({"names", "nc", "args", "stride", "yaml", "criterion", "class_weights", "end2end", "task"})
-
-
-def match_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
-    """Adapt an image batch to a model's input channels (grey data for an RGB teacher, or the reverse)."""
-    c = img.shape[1]
-    if c == channels:
-        return img
-    if c == 1:
-        return img.expand(-1, channels, -1, -1)
-    if channels == 1:
-        return img.mean(1, keepdim=True)
-    raise ValueError(f"cannot feed {c}-channel images to a {channels}-channel teacher")
 
 
 class DS2D2Model(nn.Module):

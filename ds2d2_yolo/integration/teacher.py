@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ds2d2_yolo.config import DS2D2ArgError
-from ds2d2_yolo.hooks import detection_head
+from ds2d2_yolo.integration.hooks import detection_head
 
 # Set to 1 to load teacher, resume, student and visualize checkpoints with a full (unrestricted) unpickle: only for
 # files you trust, since unpickling can run any code the file names.

@@ -33,26 +33,23 @@ from ultralytics.utils.torch_utils import (
 )
 
 from ds2d2_yolo import __version__
-from ds2d2_yolo.amplifier import (
+from ds2d2_yolo.config import DS2D2ArgError, check_args, resolve_data, split_overrides, warn_args
+from ds2d2_yolo.core.diagnostics import DiagnosticsLog, balanced_weights
+from ds2d2_yolo.core.dwt import DWT2d
+from ds2d2_yolo.core.schedule import KDSchedule
+from ds2d2_yolo.integration.amplifier import (
     amplifier_from_state,
     amplifier_state,
-    atomic_save,
-    atomic_write,
     hf_features,
     load_amplifier,
     save_amplifier,
     train_amplifier,
 )
-from ds2d2_yolo.config import DS2D2ArgError, check_args, resolve_data, split_overrides, warn_args
-from ds2d2_yolo.diagnostics import DiagnosticsLog, balanced_weights
-from ds2d2_yolo.distiller import DS2D2Model, match_channels
-from ds2d2_yolo.dwt import DWT2d
-from ds2d2_yolo.hooks import detection_head, head_features
-from ds2d2_yolo.methods import feature_methods, term_weights
-from ds2d2_yolo.probe import head_map
-from ds2d2_yolo.pseudo import pseudo_dataset
-from ds2d2_yolo.schedule import KDSchedule
-from ds2d2_yolo.teacher import (
+from ds2d2_yolo.integration.checkpoint import atomic_save, atomic_write
+from ds2d2_yolo.integration.hooks import detection_head, head_features, match_channels
+from ds2d2_yolo.integration.probe import head_map
+from ds2d2_yolo.integration.pseudo import pseudo_dataset
+from ds2d2_yolo.integration.teacher import (
     Teacher,
     check_levels,
     fuse_frozen,
@@ -62,6 +59,8 @@ from ds2d2_yolo.teacher import (
     safe_loading,
     torch_load_safely,
 )
+from ds2d2_yolo.integration.wrapper import DS2D2Model
+from ds2d2_yolo.methods import feature_methods, term_weights
 
 LOCK_NAME = ".ds2d2.lock"  # in the run folder while a process trains into it: "<pid> <host>"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

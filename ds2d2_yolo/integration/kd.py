@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ds2d2_yolo.losses import box_kd_hbb, box_kd_obb, quality_focal_kd
+from ds2d2_yolo.core.losses import box_kd_hbb, box_kd_obb, quality_focal_kd
 
 
 def decode_head(head: nn.Module, out: dict[str, torch.Tensor], feats: list[torch.Tensor]) -> torch.Tensor:

@@ -77,3 +77,15 @@ def head_features(model: nn.Module, img: torch.Tensor) -> list[torch.Tensor]:
         except HeadReached:
             pass
     return store["x"]
+
+
+def match_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
+    """Adapt an image batch to a model's input channels (grey data for an RGB teacher, or the reverse)."""
+    c = img.shape[1]
+    if c == channels:
+        return img
+    if c == 1:
+        return img.expand(-1, channels, -1, -1)
+    if channels == 1:
+        return img.mean(1, keepdim=True)
+    raise ValueError(f"cannot feed {c}-channel images to a {channels}-channel teacher")

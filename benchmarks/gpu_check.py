@@ -225,7 +225,7 @@ def strict_fp32(device: torch.device):
 
 def student_yaml(work: Path) -> str:
     """The benchmark student: yolov8-obb at depth 0.33, width 0.125, 15 DOTA classes."""
-    from ds2d2_yolo.models import scaled_model_yaml
+    from ds2d2_yolo.tools.models import scaled_model_yaml
 
     return str(scaled_model_yaml("yolov8-obb.yaml", 0.33, 0.125, nc=15, out=work / "student-obb.yaml"))
 

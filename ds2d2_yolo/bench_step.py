@@ -179,7 +179,7 @@ def _argv(a: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Print the step-time and peak-memory table."""
-    from ds2d2_yolo.models import scaled_model_yaml
+    from ds2d2_yolo.tools.models import scaled_model_yaml
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)

@@ -77,7 +77,7 @@ def _stage_split(items: list[str], stage: Path) -> Path:
     """Link a split's source images and write DOTA labelTxt files for them (dota8 tiles are converted back)."""
     from ultralytics.utils.patches import imread
 
-    from ds2d2_yolo.dataprep import DOTA_V1_CLASSES
+    from ds2d2_yolo.tools.dataprep import DOTA_V1_CLASSES
 
     root = shared_data()
     (stage / "images").mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def prepare_dota_mini(out: Path, tile: int = 320, gap: int = 64) -> dict[str, Pa
     Returns:
         (dict[str, Path]): Data yamls for "report" (train + report val) and "tune" (train + tune val).
     """
-    from ds2d2_yolo.dataprep import DOTA_V1_CLASSES, tile_dota, write_data_yaml
+    from ds2d2_yolo.tools.dataprep import DOTA_V1_CLASSES, tile_dota, write_data_yaml
 
     if not shared_data().is_dir():
         raise FileNotFoundError(f"real track needs the DOTA samples in {shared_data()} (set DS2D2_SHARED_DATA)")
@@ -143,8 +143,8 @@ def prepare_synthetic(out: Path, imgsz: int = 128, seed: int = 0) -> dict[str, A
     """
     from ultralytics import YOLO
 
-    from ds2d2_yolo.models import scaled_model_yaml
-    from ds2d2_yolo.synthetic import make_dataset
+    from ds2d2_yolo.tools.models import scaled_model_yaml
+    from ds2d2_yolo.tools.synthetic import make_dataset
 
     def dataset(root: Path, **kw: Any) -> Path:
         # Regenerating replaces the files in place, which would pull them from under a concurrent run of the grid.
@@ -375,7 +375,7 @@ def run_benchmark(
     refs = check_against(out, names, against)  # before any data, teacher or training work
     results = out / "results.jsonl"
     out.mkdir(parents=True, exist_ok=True)
-    from ds2d2_yolo.models import scaled_model_yaml
+    from ds2d2_yolo.tools.models import scaled_model_yaml
 
     if track == "dota":
         data = prepare_dota_mini(out.parent)

@@ -195,7 +195,7 @@ AMPLIFIER_KEYS = ("teacher", "amp_epochs", "wavelet", "wave_mode")
 # How to get a student smaller than a nano teacher: Ultralytics' scales stop at n (the shipped teacher's own size).
 STUDENT_HINT = [
     "A student smaller than a nano teacher (Ultralytics' smallest scale is n): write a narrower yaml once, e.g.",
-    '  python -c "from ds2d2_yolo.models import scaled_model_yaml as s; '
+    '  python -c "from ds2d2_yolo.tools.models import scaled_model_yaml as s; '
     "s('yolov8-obb.yaml', width=0.125, out='student-obb.yaml')\"",
     "and pass model=student-obb.yaml (width 0.125 is half of n's 0.25; depth=, max_channels= scale too).",
 ]
@@ -563,12 +563,12 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
     if mode == "convert":
         if not Path(args["src"]).is_dir():
             raise UsageError(f"convert: src folder '{args['src']}' not found")
-        from ds2d2_yolo.dataprep import run_convert as fn
+        from ds2d2_yolo.tools.dataprep import run_convert as fn
     elif mode == "slice":
         _check_model(args["model"], mode)
         if not Path(args["source"]).is_file():
             raise UsageError(f"slice: source image '{args['source']}' not found")
-        from ds2d2_yolo.sliced import run_slice as fn
+        from ds2d2_yolo.tools.sliced import run_slice as fn
     elif mode == "benchmark":
         from ds2d2_yolo.benchmark import METHODS, check_against, method_names, results_folder
         from ds2d2_yolo.benchmark import run_benchmark as fn
@@ -587,23 +587,23 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
             _check_data(args["data"])
         with user_errors(ValueError, ImportError):
             if mode == "prune":
-                from ds2d2_yolo.prune import check_prune_args as check
-                from ds2d2_yolo.prune import run_prune as fn
+                from ds2d2_yolo.tools.prune import check_prune_args as check
+                from ds2d2_yolo.tools.prune import run_prune as fn
             else:
-                from ds2d2_yolo.compress import StageError
-                from ds2d2_yolo.compress import check_compress_args as check
-                from ds2d2_yolo.compress import run_compress as fn
+                from ds2d2_yolo.tools.compress import StageError
+                from ds2d2_yolo.tools.compress import check_compress_args as check
+                from ds2d2_yolo.tools.compress import run_compress as fn
 
                 errors = (StageError,)
             check(args)
     elif mode == "demo":
-        from ds2d2_yolo.demo import run_demo as fn
+        from ds2d2_yolo.tools.demo import run_demo as fn
     else:
         _check_model(args["model"], mode)
         _check_file("teacher", args["teacher"])
         if not Path(args["source"]).is_file():
             raise UsageError(f"visualize: source image '{args['source']}' not found")
-        from ds2d2_yolo.visualize import run_visualize as fn
+        from ds2d2_yolo.tools.visualize import run_visualize as fn
     call: Callable[..., Any] = fn
     with user_errors(*errors):
         call(**args)

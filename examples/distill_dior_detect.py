@@ -47,7 +47,7 @@ def main() -> None:
 
     data_yaml = a.out / "data.yaml"
     if not data_yaml.is_file():
-        from ds2d2_yolo.dataprep import run_convert
+        from ds2d2_yolo.tools.dataprep import run_convert
 
         data_yaml = Path(run_convert(format="dior", src=a.dior, dst=a.out)["yaml"])
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 def prepare(dota: Path, out: Path, tile: int, gap: int) -> Path:
     """Tile DOTA into `out` once and return its data.yaml."""
-    from ds2d2_yolo.dataprep import run_convert
+    from ds2d2_yolo.tools.dataprep import run_convert
 
     data_yaml = out / "data.yaml"
     if data_yaml.is_file():

@@ -36,7 +36,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path, names: dict[int, str], t
 @pytest.fixture(scope="session")
 def synth_obb(tmp_path_factory) -> Path:
     """A small synthetic OBB dataset (3 classes) at 64 px."""
-    from ds2d2_yolo.synthetic import make_dataset
+    from ds2d2_yolo.tools.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("synth_obb"), n_train=8, n_val=4, imgsz=64, task="obb", seed=0)
 
@@ -44,14 +44,14 @@ def synth_obb(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_det(tmp_path_factory) -> Path:
     """A small synthetic detect dataset (3 classes) at 64 px."""
-    from ds2d2_yolo.synthetic import make_dataset
+    from ds2d2_yolo.tools.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("synth_det"), n_train=8, n_val=4, imgsz=64, task="detect", seed=0)
 
 
 def tiny_yaml(tmp: Path, base: str, width: float, nc: int = 3) -> Path:
     """Write a scaled-down Ultralytics model yaml."""
-    from ds2d2_yolo.models import scaled_model_yaml
+    from ds2d2_yolo.tools.models import scaled_model_yaml
 
     return scaled_model_yaml(base, depth=0.33, width=width, nc=nc, out=tmp / f"tiny-{width}-{base}")
 
@@ -61,7 +61,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Student yamls (width 1/16) and teacher checkpoints (width 1/8, untrained) for detect and OBB, 3 classes."""
     from ultralytics.nn.tasks import DetectionModel, OBBModel
 
-    from ds2d2_yolo.synthetic import CLASSES
+    from ds2d2_yolo.tools.synthetic import CLASSES
 
     tmp = tmp_path_factory.mktemp("models")
     names = dict(enumerate(CLASSES))

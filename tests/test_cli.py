@@ -92,7 +92,7 @@ def test_amplifier_mode_writes_loadable_file(amplifier_run, tiny_models, synth_o
     from ds2d2_yolo.config import check_args
     from ds2d2_yolo.integration.amplifier import load_amplifier
     from ds2d2_yolo.integration.teacher import load_teacher
-    from ds2d2_yolo.synthetic import CLASSES
+    from ds2d2_yolo.tools.synthetic import CLASSES
 
     teacher = load_teacher(tiny_models["obb_teacher"], "obb", dict(enumerate(CLASSES)))
     head = load_amplifier(amplifier_run, teacher.head, teacher.fingerprint, check_args({}))

@@ -15,7 +15,7 @@ from ultralytics.nn.modules import C2f
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, load_checkpoint
 
 from ds2d2_yolo.cli import entrypoint
-from ds2d2_yolo.prune import head_outputs, prune_model, run_prune
+from ds2d2_yolo.tools.prune import head_outputs, prune_model, run_prune
 
 pytest.importorskip("torch_pruning")
 
@@ -79,8 +79,8 @@ def test_run_prune_report(tmp_path, tiny_models, synth_obb):
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory, tiny_models, synth_obb) -> Path:
     """One whole `compress` run on the tiny OBB teacher (64 px, 1 epoch of DS2D2)."""
-    from ds2d2_yolo.compress import run_compress
-    from ds2d2_yolo.quantize import openvino_available
+    from ds2d2_yolo.tools.compress import run_compress
+    from ds2d2_yolo.tools.quantize import openvino_available
 
     project = tmp_path_factory.mktemp("compress")
     train = dict(amp_epochs=1, plots=False, mosaic=0.0, warmup_epochs=0, nbs=4, deterministic=True)
@@ -102,7 +102,7 @@ def compressed(tmp_path_factory, tiny_models, synth_obb) -> Path:
 
 def test_compress_outputs(compressed):
     """Every stage has a row (Ultralytics val + latency in its own runtime), the table, csv, json and plot exist."""
-    from ds2d2_yolo.quantize import openvino_available
+    from ds2d2_yolo.tools.quantize import openvino_available
 
     rows = json.loads((compressed / "results.json").read_text())["rows"]
     stages = ["teacher", "teacher-onnx", "pruned", "distilled", "onnx", "int8-onnx"]

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ds2d2_yolo import dataprep
-from ds2d2_yolo.dataprep import (
+from ds2d2_yolo.tools import dataprep
+from ds2d2_yolo.tools.dataprep import (
     DIOR_CLASSES,
     DOTA_V1_CLASSES,
     class_index_map,

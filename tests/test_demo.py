@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ds2d2_yolo.demo import DISCLAIMER, run_demo
+from ds2d2_yolo.tools.demo import DISCLAIMER, run_demo
 
 
 def test_demo_tiny(tmp_path):

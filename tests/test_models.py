@@ -15,7 +15,7 @@ from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, OBBModel, guess_model_scale, guess_model_task  # noqa: E402
 from ultralytics.utils.ops import make_divisible  # noqa: E402
 
-from ds2d2_yolo.models import scaled_model_yaml  # noqa: E402
+from ds2d2_yolo.tools.models import scaled_model_yaml  # noqa: E402
 
 
 def _params(model: torch.nn.Module) -> int:

@@ -42,7 +42,7 @@ from ds2d2_yolo.integration.hooks import detection_head, head_features
 from ds2d2_yolo.integration.teacher import fingerprint
 from ds2d2_yolo.integration.trainer import LOCK_NAME
 from ds2d2_yolo.integration.wrapper import DS2D2Model
-from ds2d2_yolo.synthetic import CLASSES
+from ds2d2_yolo.tools.synthetic import CLASSES
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
 
@@ -1003,7 +1003,7 @@ def test_checkpoints_that_run_code_are_refused(tmp_path, tiny_models, synth_obb,
     """A teacher, a resume file and a visualize model that would run code when unpickled are refused in one line,
     and the code never runs; DS2D2_UNSAFE_LOAD=1 loads trusted files the old way (and then the code does run)."""
     from ds2d2_yolo.integration.teacher import read_teacher
-    from ds2d2_yolo.visualize import run_visualize
+    from ds2d2_yolo.tools.visualize import run_visualize
 
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.pt"
@@ -1157,7 +1157,7 @@ def test_checkpoint_files_modes_sizes_and_columns(obb_run, tmp_path):
     """Checkpoints and amplifier.pt get Ultralytics' file mode (0666 less the umask, not mkstemp's 0600); best.pt is
     the plain student (no adapters or amplifier: those stay in last.pt); validation has no always-zero KD columns
     and results.png draws the KD terms."""
-    from ds2d2_yolo.visualize import plot_results, results_columns
+    from ds2d2_yolo.tools.visualize import plot_results, results_columns
 
     mask = os.umask(0o022)
     os.umask(mask)
@@ -1195,8 +1195,8 @@ def test_slice_and_visualize_write_run_folders(tmp_path, tiny_models, synth_obb)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ds2d2_yolo.sliced import run_slice
-    from ds2d2_yolo.visualize import _panel, run_visualize
+    from ds2d2_yolo.tools.sliced import run_slice
+    from ds2d2_yolo.tools.visualize import _panel, run_visualize
 
     image = sorted((synth_obb.parent / "images" / "val").iterdir())[0]
     teacher = tiny_models["obb_teacher"]
@@ -1248,7 +1248,7 @@ def test_convert_without_val_folder_splits_whole_images(tmp_path):
     from ds2d2_yolo.cfg import CFG_DIR
 
     from ds2d2_yolo.cli import UsageError, _check_data
-    from ds2d2_yolo.dataprep import run_convert
+    from ds2d2_yolo.tools.dataprep import run_convert
 
     src = _dota_folder(tmp_path / "DOTA", 5)
     with ultralytics_log() as log:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ds2d2_yolo.sliced import merge_tile_predictions, sliced_predict, tile_windows
+from ds2d2_yolo.tools.sliced import merge_tile_predictions, sliced_predict, tile_windows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TEACHER = SHARED / "weights" / "yolov8n-obb-dota.pt"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ds2d2_yolo.synthetic import CLASSES, make_dataset
+from ds2d2_yolo.tools.synthetic import CLASSES, make_dataset
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 

@@ -245,7 +245,7 @@ def test_resume_continues_distillation(tmp_path, tiny_models, synth_obb):
 def test_real_dota_teachers(teacher, tmp_path, dota8_yaml):
     """The real DOTA teachers (v8 and end-to-end YOLO26, wider than the student) distil on the real dota8 tiles."""
     need_shared(teacher)
-    from ds2d2_yolo.models import scaled_model_yaml
+    from ds2d2_yolo.tools.models import scaled_model_yaml
 
     student = scaled_model_yaml("yolov8-obb.yaml", depth=0.33, width=0.0625, nc=15, out=tmp_path / "s-obb.yaml")
     trainer = run_training(tmp_path, model=str(student), data=str(dota8_yaml), teacher=str(teacher), imgsz=128)
@@ -264,7 +264,7 @@ def test_real_dota_teachers(teacher, tmp_path, dota8_yaml):
 )
 def test_batches_that_must_work(case, tmp_path, tiny_models):
     """Odd feature sizes, rect batches, multi_scale, grayscale and images without boxes all distil finitely."""
-    from ds2d2_yolo.synthetic import make_dataset
+    from ds2d2_yolo.tools.synthetic import make_dataset
 
     channels = case.pop("channels", 3)
     root = tmp_path / "data"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ds2d2_yolo.config import DS2D2ArgError
-from ds2d2_yolo.visualize import COLUMNS, band_maps, load_model, read_label_boxes, run_visualize
+from ds2d2_yolo.tools.visualize import COLUMNS, band_maps, load_model, read_label_boxes, run_visualize
 
 
 def first_image(data_yaml: Path) -> Path:
@@ -57,8 +57,8 @@ def test_visualize_student_yaml_and_teacher_boxes(tmp_path, tiny_models, synth_o
 
 def test_disw_panel_follows_boxes(tmp_path, tiny_models):
     """The DISW map is 1 on the background and above 1 in the cells under the labelled boxes, at every level."""
-    from ds2d2_yolo.synthetic import make_dataset
-    from ds2d2_yolo.visualize import _corners_to_xywhr
+    from ds2d2_yolo.tools.synthetic import make_dataset
+    from ds2d2_yolo.tools.visualize import _corners_to_xywhr
 
     sparse = make_dataset(tmp_path / "sparse", n_train=0, n_val=3, imgsz=128, density=(3, 5), seed=1)
     img = first_image(sparse)

@@ -513,7 +513,7 @@ class DS2D2Trainer(DetectionTrainer):
 
     def plot_metrics(self):
         """results.png as Ultralytics draws it, with the distillation terms beside its loss curves."""
-        from ds2d2_yolo.visualize import plot_results
+        from ds2d2_yolo.tools.visualize import plot_results
 
         model = unwrap_model(self.model) if isinstance(self.model, torch.nn.Module) else None
         terms = tuple(model.loss_names) if isinstance(model, DS2D2Model) else ()

@@ -28,8 +28,8 @@ from ultralytics.utils import LOGGER, TQDM
 from ultralytics.utils.files import increment_path
 
 from ds2d2_yolo.config import check_args, split_overrides
-from ds2d2_yolo.latency import measure_latency, runtime_of
-from ds2d2_yolo.prune import (
+from ds2d2_yolo.tools.latency import measure_latency, runtime_of
+from ds2d2_yolo.tools.prune import (
     IMPORTANCES,
     load_detect_model,
     model_stats,
@@ -37,7 +37,13 @@ from ds2d2_yolo.prune import (
     require_torch_pruning,
     save_pruned,
 )
-from ds2d2_yolo.quantize import INSTALL_HINT, openvino_available, quantize_onnx, require_ort_quantization, split_images
+from ds2d2_yolo.tools.quantize import (
+    INSTALL_HINT,
+    openvino_available,
+    quantize_onnx,
+    require_ort_quantization,
+    split_images,
+)
 
 INT8_FORMATS = ("onnx", "openvino")
 # Training keys the pipeline sets itself; a cfg= file may not override them.
@@ -168,7 +174,7 @@ class Pipeline:
 
     def measure(self, stage: str, path: Path, stats: dict[str, Any], precision: str = "fp32") -> dict[str, Any]:
         """Validate and time one model file and append its row."""
-        from ds2d2_yolo.prune import validate
+        from ds2d2_yolo.tools.prune import validate
 
         val_dir = self.save_dir / "val" / stage
         maps = validate(path, self.data, self.imgsz, 1, "cpu", val_dir)

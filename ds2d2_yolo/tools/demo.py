@@ -2,8 +2,8 @@
 
 `ds2d2-yolo demo` (or `run_demo()`) runs the whole pipeline on a CPU in minutes and downloads nothing:
 
-1. generate a synthetic OBB dataset (`ds2d2_yolo.synthetic`): a large training split for the teacher, a small one for
-   the student (the teacher has seen far more scenes than the student will), and a shared validation split;
+1. generate a synthetic OBB dataset (`ds2d2_yolo.tools.synthetic`): a large training split for the teacher, a small
+   one for the student (the teacher has seen far more scenes than the student will), and a shared validation split;
 2. train a tiny YOLOv8-OBB teacher with plain Ultralytics, or reuse `out/teacher/weights/best.pt`;
 3. train a smaller student twice from scratch with identical settings and seed: `distill=ds2d2` (its high-frequency
    amplifier is trained first, automatically) and `distill=none`;
@@ -13,7 +13,7 @@ One short run on one seed shows that the pipeline works end to end; it is not ev
 another. `ds2d2-yolo benchmark` runs the controlled comparison (several seeds, held-out data; docs/results.md).
 
 Examples:
-    >>> from ds2d2_yolo.demo import run_demo
+    >>> from ds2d2_yolo.tools.demo import run_demo
     >>> results = run_demo("runs/ds2d2-demo")
     >>> results["ds2d2"]["mAP50"], results["none"]["mAP50"]
 """
@@ -63,7 +63,7 @@ def make_demo_data(root: Path, imgsz: int, n_teacher: int, n_train: int, n_val: 
     """
     import yaml
 
-    from ds2d2_yolo.synthetic import make_dataset
+    from ds2d2_yolo.tools.synthetic import make_dataset
 
     student = make_dataset(root / "student", n_train=n_train, n_val=n_val, imgsz=imgsz, task="obb", seed=seed)
     teacher_set = make_dataset(root / "teacher", n_train=n_teacher, n_val=0, imgsz=imgsz, task="obb", seed=seed + 1000)
@@ -107,7 +107,7 @@ def train_teacher(
     """
     from ultralytics import YOLO
 
-    from ds2d2_yolo.models import scaled_model_yaml
+    from ds2d2_yolo.tools.models import scaled_model_yaml
 
     weights = out / "teacher" / "weights" / "best.pt"
     record = out / "teacher" / "demo_teacher.json"
@@ -321,7 +321,7 @@ def run_demo(
         (dict[str, dict[str, float]]): Per model ("teacher", "none", "ds2d2"): "mAP50", "mAP50-95" and "train_s"
             (seconds; NaN for a reused teacher without a record).
     """
-    from ds2d2_yolo.models import scaled_model_yaml
+    from ds2d2_yolo.tools.models import scaled_model_yaml
 
     epochs = 30 if epochs is None else int(epochs)
     if imgsz % 32:

@@ -5,7 +5,7 @@ learns in minutes on a CPU, with the properties that matter for remote-sensing d
 orientation, dense clusters, textured clutter, empty background images). It has no dependency on Ultralytics.
 
 Examples:
-    >>> from ds2d2_yolo.synthetic import make_dataset
+    >>> from ds2d2_yolo.tools.synthetic import make_dataset
     >>> data_yaml = make_dataset("/tmp/syn-obb", n_train=64, n_val=32, task="obb", seed=0)
 """
 

@@ -96,7 +96,7 @@ def scaled_model_yaml(
         if path.is_dir():
             path = path / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = f"# Scaled from {src.name} by ds2d2_yolo.models.scaled_model_yaml\n"
+    header = f"# Scaled from {src.name} by ds2d2_yolo.tools.models.scaled_model_yaml\n"
     if "scales" in d:
         header += "# max_channels only takes effect through `scales`, which parse_model prefers over the keys above\n"
     path.write_text(header + _dump(d), encoding="utf-8")

@@ -309,7 +309,7 @@ def run_slice(
     from ultralytics.utils import LOGGER, colorstr
     from ultralytics.utils.patches import imread, imwrite
 
-    from ds2d2_yolo.visualize import load_yolo, run_dir
+    from ds2d2_yolo.tools.visualize import load_yolo, run_dir
 
     if not model or not source:
         raise ValueError("slice needs model=... and source=...")

@@ -7,7 +7,7 @@ cell, the root mean square over channels (and over LH, HL, HH for the high bands
 shape though not in scale; every panel has its own colour scale.
 
 Examples:
-    >>> from ds2d2_yolo.visualize import run_visualize
+    >>> from ds2d2_yolo.tools.visualize import run_visualize
     >>> run_visualize("student.pt", "teacher.pt", "images/val/scene.png", imgsz=640)  # runs/obb/visualize/bands.png
 """
 

@@ -32,7 +32,7 @@ def l2_registered():
 
 def test_registry_is_the_source_of_names():
     assert methods.feature_methods() == ("ds2d2", "cwd", "mgd")
-    assert set(methods.distill_methods()) == {"ds2d2", "cwd", "mgd", "native", "none"}
+    assert set(methods.distill_methods()) == {"ds2d2", "cwd", "mgd", "native", "pseudo", "none"}
     assert methods.term_weights()["im_full"] == "lambda_imf" and methods.term_weights()["mgd"] == "mgd_alpha"
     with pytest.raises(DS2D2ArgError, match="l2test"):
         check_args({"distill": "l2test"})

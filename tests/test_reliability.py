@@ -641,20 +641,20 @@ def test_atomic_save_crash_keeps_previous_file(tmp_path, monkeypatch):
     """A crash while a checkpoint is being written leaves the previous file byte-identical and no temporary file
     behind, for errors and KeyboardInterrupt alike; and when Ultralytics' patched torch.save retries after a
     transient RuntimeError, the retry writes a clean file instead of appending to the failed attempt."""
-    import ds2d2_yolo.integration.amplifier as amplifier_module
+    import ds2d2_yolo.integration.checkpoint as checkpoint_module
 
     path = tmp_path / "last.pt"
     atomic_save({"epoch": 1, "w": torch.arange(10.0)}, path)
     before = path.read_bytes()
     temps: list[str] = []
-    real_mkstemp = amplifier_module.tempfile.mkstemp
+    real_mkstemp = checkpoint_module.tempfile.mkstemp
 
     def mkstemp(*args, **kwargs):
         fd, name = real_mkstemp(*args, **kwargs)
         temps.append(name)
         return fd, name
 
-    monkeypatch.setattr(amplifier_module.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", mkstemp)
     for error in (ValueError, KeyboardInterrupt):
         with pytest.raises(error):
             atomic_save({"epoch": 2, "w": torch.zeros(100_000), "z": PicklingCrash(error)}, path)

@@ -55,10 +55,12 @@ def regime_table(folder: Path, reference: str = "none") -> str:
         txt = f"{m:+.3f}" if signed else f"{m:.3f}"
         return f"{txt} ± {statistics.stdev(v):.3f}" if len(v) > 1 else txt
 
+    tfile = folder / "teacher.json"
+    teacher50 = json.loads(tfile.read_text())["mAP50"] if tfile.exists() else float("nan")
     lines = [
         "| row | seeds | final mAP50 | final mAP50-95 | last-5 mAP50 | last-5 mAP50-95 | Δ last-5 mAP50 vs "
-        f"{reference} | Δ last-5 mAP50-95 vs {reference} | seeds ahead (mAP50) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"{reference} | Δ last-5 mAP50-95 vs {reference} | seeds ahead (mAP50) | gap closure (last-5 mAP50) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = by.get(reference, {})
     for row, seeds in sorted(by.items(), key=lambda kv: (kv[0] != reference, kv[0])):
@@ -68,9 +70,12 @@ def regime_table(folder: Path, reference: str = "none") -> str:
         d50 = [seeds[s]["last5_50"] - base[s]["last5_50"] for s in common]
         d95 = [seeds[s]["last5_95"] - base[s]["last5_95"] for s in common]
         ahead = f"{sum(d > 0 for d in d50)}/{len(d50)}" if d50 else "—"
+        # Gap closure on the paired seeds: the mean gain over the mean distance from `reference` to the teacher.
+        span = teacher50 - statistics.fmean(base[s]["last5_50"] for s in common) if common else float("nan")
+        gap = f"{100 * statistics.fmean(d50) / span:.0f} %" if d50 and span > 0 else "—"
         lines.append(
             f"| {row} | {','.join(map(str, ss))} | {pm(col['final50'])} | {pm(col['final95'])} | "
-            f"{pm(col['last5_50'])} | {pm(col['last5_95'])} | {pm(d50, True)} | {pm(d95, True)} | {ahead} |"
+            f"{pm(col['last5_50'])} | {pm(col['last5_95'])} | {pm(d50, True)} | {pm(d95, True)} | {ahead} | {gap} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
 """Side-by-side benchmark of distillation methods: a real DOTA-mini track and a fast synthetic track.
 
-Protocol (DESIGN Part 3): the same student, epochs, image size, augmentation and seeds for every method; whole
+Protocol (docs/results.md): the same student, epochs, image size, augmentation and seeds for every method; whole
 source images held out for reporting and a separate tuning split; mAP50, mAP50-95, gap closure
 (method - none) / (teacher - none), seconds per training step and peak RSS, mean and spread over seeds.
 
@@ -51,7 +51,7 @@ REAL_SPLITS = {
 }
 
 TRACKS: dict[str, dict[str, Any]] = {
-    # Calibrated in DESIGN Part 3: 320-px tiles at native resolution, AdamW lr0=0.002, batch 16, 100 epochs.
+    # 320-px tiles at native resolution, AdamW lr0=0.002, batch 16, 100 epochs: the earlier protocol (docs/results.md).
     "dota": {"imgsz": 320, "batch": 16, "epochs": 100, "optimizer": "AdamW", "lr0": 0.002, "width": 0.125},
     # Minutes per run: small generated scenes, a teacher trained on 6x more scenes than the student sees.
     # Calibrated so `none` clearly learns (~0.3 mAP50 at 30 epochs); width 0.0625, batch 16 or mosaic stayed at 0.

@@ -38,7 +38,7 @@ def amplifier_kd(
     beta: float = 1.0,
     box_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Class and box KD between one head's outputs on student and on teacher features (DESIGN Part 1 §4).
+    """Class and box KD between one head's outputs on student and on teacher features (docs/method.md, implicit stream).
 
     Classification KD is the quality-focal form over every anchor and class; box KD is GIoU (Detect) or ProbIoU
     (OBB, angle included) between decoded boxes, weighted per anchor by the teacher's max class score. YOLO has no

@@ -61,8 +61,9 @@ def train_amplifier(
         progress (Callable | None): Wraps an epoch's batches in a progress bar, given a description.
 
     Returns:
-        (nn.Module): The trained head, frozen and in eval mode, with `train_loss` and `eval_loss` (the mean loss of
-            the last epoch's batches with batch statistics, and frozen with the recalibrated running statistics).
+        (nn.Module): The trained head, frozen and in eval mode, with `train_loss` and `eval_loss` (the mean loss on
+            `CHECK_BATCHES` training batches with batch statistics, and frozen with the recalibrated running
+            statistics).
     """
     device = next(teacher.parameters()).device
     head = copy.deepcopy(head).to(device).train()

@@ -676,7 +676,7 @@ def section_throughput(device: torch.device, shared: Path, work: Path, deadline:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from regimes import REGIMES
 
-    from ds2d2_yolo.benchmark import METHODS, TRACKS, prepare_dota_mini
+    from ds2d2_yolo.benchmark import TRACKS, prepare_dota_mini, run_overrides
 
     os.environ["DS2D2_SHARED_DATA"] = str(shared / "data")
     data = prepare_dota_mini(work / "dota-mini")["tune"]
@@ -700,30 +700,10 @@ def section_throughput(device: torch.device, shared: Path, work: Path, deadline:
         t = time.perf_counter()
         procs = []
         for seed in range(k):
-            # The overrides run_benchmark gives an R1 run, on the GPU (run_benchmark itself always trains on CPU).
-            overrides = dict(
-                model=student,
-                data=str(data),
-                teacher=str(shared / "weights" / "yolov8n-obb-dota.pt"),
-                epochs=epochs,
-                imgsz=cfg["imgsz"],
-                batch=cfg["batch"],
-                optimizer=cfg["optimizer"],
-                lr0=cfg["lr0"],
-                seed=seed,
-                deterministic=True,
-                workers=2,
-                device=device.index if device.type == "cuda" else "cpu",
-                plots=False,
-                val=False,
-                project=str(work / "throughput" / f"p{k}"),
-                name=f"ds2d2-s{seed}",
-                exist_ok=True,
-                verbose=False,
-                mosaic=cfg.get("mosaic", 1.0),
-                **METHODS["ds2d2"],
-                **REGIMES["r1"]["extra"],
-            )
+            # The overrides run_benchmark gives an R1 run, on the GPU.
+            teacher = shared / "weights" / "yolov8n-obb-dota.pt"
+            overrides = run_overrides(cfg, "ds2d2", seed, epochs, student, data, teacher, work / "throughput" / f"p{k}")
+            overrides.update(device=device.index if device.type == "cuda" else "cpu", **REGIMES["r1"]["extra"])
             spec = {"method": "ds2d2", "seed": seed, "overrides": overrides, "val_every": 0, "commit": "gpu_check"}
             cmd = [sys.executable, str(Path(__file__).resolve()), "--bench-child", json.dumps(spec)]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))

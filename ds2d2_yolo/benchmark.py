@@ -282,6 +282,55 @@ def git_commit() -> str:
         return "unknown"
 
 
+def run_overrides(
+    cfg: dict[str, Any],
+    method: str,
+    seed: int,
+    epochs: int,
+    student: str | Path,
+    data: str | Path,
+    teacher: str | Path,
+    project: Path,
+) -> dict[str, Any]:
+    """The trainer overrides of one (method, seed) run of a track: the same for every method but the method's keys.
+
+    Args:
+        cfg (dict): The track's settings (`TRACKS[track]`: imgsz, batch, optimizer, lr0, optional mosaic).
+        method (str): The grid row (a METHODS key); its keys are added last.
+        seed (int): The run's seed.
+        epochs (int): Epochs.
+        student (str | Path): Student model (yaml or .pt).
+        data (str | Path): Data yaml.
+        teacher (str | Path): Teacher checkpoint.
+        project (Path): Folder of the run folders (`<method>-s<seed>`).
+
+    Returns:
+        (dict): Overrides for `DS2D2Trainer`, on the CPU; callers on another device replace `device`.
+    """
+    return dict(
+        model=str(student),
+        data=str(data),
+        teacher=str(teacher),
+        epochs=epochs,
+        imgsz=cfg["imgsz"],
+        batch=cfg["batch"],
+        optimizer=cfg["optimizer"],
+        lr0=cfg["lr0"],
+        seed=seed,
+        deterministic=True,
+        workers=2,
+        device="cpu",
+        plots=False,
+        val=False,
+        project=str(project),
+        name=f"{method}-s{seed}",
+        exist_ok=True,
+        verbose=False,
+        mosaic=cfg.get("mosaic", 1.0),
+        **METHODS[method],
+    )
+
+
 def record_args(ds2d2: dict[str, Any]) -> dict[str, Any]:
     """The resolved DS2D2 settings a run record keeps: everything but the machine paths."""
     return {k: v for k, v in ds2d2.items() if k not in ("teacher", "amplifier")}
@@ -396,29 +445,8 @@ def run_benchmark(
         for name in names:
             if any(is_done(r, name, seed, epochs, planned[name]) for r in records):
                 continue
-            overrides = dict(
-                model=str(student),
-                data=str(data[split]),
-                teacher=str(teacher),
-                epochs=epochs,
-                imgsz=cfg["imgsz"],
-                batch=cfg["batch"],
-                optimizer=cfg["optimizer"],
-                lr0=cfg["lr0"],
-                seed=seed,
-                deterministic=True,
-                workers=2,
-                device="cpu",
-                plots=False,
-                val=False,
-                project=str(out / "runs"),
-                name=f"{name}-s{seed}",
-                exist_ok=True,
-                verbose=False,
-                mosaic=cfg.get("mosaic", 1.0),
-            )
-            # The method's keys, then the caller's extra keys, override the track's (e.g. device=0 on a GPU).
-            overrides.update({**METHODS[name], **(extra or {})})
+            overrides = run_overrides(cfg, name, seed, epochs, student, data[split], teacher, out / "runs")
+            overrides.update(extra or {})  # the caller's keys override the track's (e.g. device=0 on a GPU)
             spec = {"method": name, "seed": seed, "overrides": overrides, "val_every": val_every}
             print(f"[benchmark] {track}/{split} {name} seed {seed} ({epochs} epochs)", flush=True)
             proc = subprocess.run(

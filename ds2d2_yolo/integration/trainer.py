@@ -561,8 +561,8 @@ class DS2D2Trainer(DetectionTrainer):
                 self._amplifier = self._build_amplifier()  # unfused: its state is what amplifier.pt and last.pt keep
                 model._hide("amplifier", fuse_frozen(deepcopy(self._amplifier)).to(self.device))
         if isinstance(model, DS2D2Model):
-            # Registered here, in every process, rather than in __init__: DDP workers are rebuilt from pickled
-            # callbacks, and these are bound to this trainer.
+            # Set up here, not in __init__: the schedule counts the train loader's batches and the resumed start epoch,
+            # and every DDP worker runs this setup itself.
             self.schedule = KDSchedule.from_args(self.ds2d2, len(self.train_loader))
             self._step = self.start_epoch * len(self.train_loader)
             self._balance_ratios: dict[str, list[float]] = {}

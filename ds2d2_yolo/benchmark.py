@@ -195,6 +195,7 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
     from ds2d2_yolo.integration.trainer import DS2D2Trainer
 
+    commit = git_commit()  # at the start: the checkout may move on while a long run trains
     steps: list[float] = []
     t0 = [0.0]
     trainer = DS2D2Trainer(overrides=spec["overrides"])
@@ -242,7 +243,7 @@ def _run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "mAP50_last5": statistics.fmean(c["mAP50"] for c in last5) if last5 else float("nan"),
         "mAP50-95_last5": statistics.fmean(c["mAP50-95"] for c in last5) if last5 else float("nan"),
         "curve": curve,
-        "commit": git_commit(),  # of the code this process runs, which a long grid's tree may have moved past
+        "commit": commit,
         "settings": {k: v for k, v in spec["overrides"].items() if k not in ("model", "data", "teacher", "project")},
     }
 

@@ -213,7 +213,7 @@ def test_distil_trains_pruned_architecture_and_resumes(tmp_path, tiny_models, sy
         pass
 
     def on_train_start(tr):
-        student = tr.model.student_model
+        student = tr.model.student
         seen[tr.start_epoch] = (n_params(student), student.model[0].conv.weight.detach().clone())
 
     def crash(tr):

@@ -151,10 +151,10 @@ def test_per_stream_adapters_take_only_their_stream(tiny_models, synth_obb, tmp_
     ):
         model.zero_grad(set_to_none=True)
         store = {}
-        with capture_head_inputs(model.student_model, store, "s"):
-            model.student_model(batch["img"])
+        with capture_head_inputs(model.student, store, "s"):
+            model.student(batch["img"])
         with torch.no_grad():
-            t_feats = head_features(model.teacher_model, batch["img"])
+            t_feats = head_features(model.teacher, batch["img"])
         out = model.distill_terms(store["s"], t_feats, batch)
         sum(out[k] for k in terms).backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in reached.parameters())

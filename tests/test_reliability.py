@@ -292,11 +292,11 @@ def test_class_order_is_mapped_and_trains(tmp_path, tiny_models, synth_obb):
     # untrained head scores every class alike, so give each class its own logit offset first.
     model = trainer.model
     with torch.no_grad():
-        for head in (detection_head(model.teacher_model), model.amplifier):
+        for head in (detection_head(model.teacher), model.amplifier):
             for branch in head.cv3:
                 branch[-1].bias.add_(torch.tensor([0.0, 2.0, 4.0]))
     batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
-    t_feats = head_features(model.teacher_model, batch["img"])
+    t_feats = head_features(model.teacher, batch["img"])
     model.adapters = torch.nn.ModuleList(torch.nn.Identity() for _ in t_feats)
     terms = model.distill_terms(t_feats, t_feats, batch)
     assert all(abs(float(v)) < 1e-5 for v in terms.values()), terms
@@ -454,7 +454,7 @@ def test_non_finite_terms_are_skipped(tmp_path, tiny_models, synth_obb, monkeypa
     trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, batch=2, **obb_kw(tiny_models, synth_obb)))
     seen: dict[str, Any] = {}
     trainer.add_callback(
-        "on_train_start", lambda tr: seen.update(student=deepcopy(tr.model.student_model.state_dict()))
+        "on_train_start", lambda tr: seen.update(student=deepcopy(tr.model.student.state_dict()))
     )
     with ultralytics_log() as log:
         trainer.train()
@@ -464,7 +464,7 @@ def test_non_finite_terms_are_skipped(tmp_path, tiny_models, synth_obb, monkeypa
     warnings = [m for m in log if "non-finite" in m]
     assert len(warnings) == 3 and all("skipped for this step" in m for m in warnings), warnings
     assert any("'ex_high' (nan)" in m for m in warnings) and any("'im_full' (inf)" in m for m in warnings)
-    live = trainer.model.student_model.state_dict()
+    live = trainer.model.student.state_dict()
     assert all_finite(live) and all_finite(trainer.ema.ema.state_dict())
     assert any(not torch.equal(v, live[k]) for k, v in seen["student"].items() if v.is_floating_point())
     last, best = (torch.load(path, weights_only=False) for path in (trainer.last, trainer.best))
@@ -472,6 +472,47 @@ def test_non_finite_terms_are_skipped(tmp_path, tiny_models, synth_obb, monkeypa
     assert all_finite(best["model"].state_dict())  # best.pt carries the student only (no connectors)
     row = read_results(trainer.save_dir)[-1]
     assert all(math.isfinite(row[c]) for c in DS2D2_COLS) and row["train/ex_high"] > 0, row
+
+
+def test_nan_epoch_recovers_student_and_connectors_from_last_pt(tmp_path, tiny_models, synth_obb):
+    """A NaN epoch in a real DS2D2 run goes through Ultralytics' own recovery: the live student and the connectors
+    come back exactly as last.pt holds them, the EMA is again the wrapper, and the run finishes."""
+    trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, epochs=3, **obb_kw(tiny_models, synth_obb)))
+    seen: dict[str, Any] = {}
+
+    def poison(tr):
+        if tr.epoch == 1 and "poisoned" not in seen:  # not the start epoch: last.pt of epoch 0 exists
+            seen["poisoned"] = True  # once: Ultralytics trains the recovered epoch again
+            tr.loss = torch.tensor(float("nan"))
+            with torch.no_grad():
+                tr.model.adapters[0].conv.weight.add_(1.0)
+
+    trainer.add_callback("on_train_epoch_end", poison)
+    original = trainer._handle_nan_recovery
+
+    def spy(epoch):
+        before = torch.load(trainer.last, weights_only=False) if trainer.last.exists() else None
+        recovered = original(epoch)
+        if recovered:
+            seen.update(
+                ckpt=before,
+                student={k: v.clone() for k, v in trainer.model.student.state_dict().items()},
+                connectors={k: v.clone() for k, v in trainer.model.connector_state().items()},
+                ema=trainer.ema.ema,
+                model=trainer.model,
+            )
+        return recovered
+
+    trainer._handle_nan_recovery = spy
+    trainer.train()
+
+    assert "ckpt" in seen, "the NaN epoch was not recovered"
+    saved = seen["ckpt"]["ema"].float().state_dict()
+    assert all(torch.equal(seen["student"][k], v) for k, v in saved.items())
+    assert all(torch.equal(seen["connectors"][k], v) for k, v in seen["ckpt"]["ds2d2"]["connectors"].items())
+    assert isinstance(seen["model"], DS2D2Model) and isinstance(seen["ema"], DS2D2Model)
+    assert seen["ema"].student is not seen["model"].student
+    assert torch.load(trainer.last, weights_only=False)["epoch"] == -1  # stripped at the end of a finished run
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -46,17 +46,17 @@ def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
 
     def on_train_start(tr):
         m = tr.model
-        seen["teacher_fp"] = fingerprint(m.teacher_model)
+        seen["teacher_fp"] = fingerprint(m.teacher)
         seen["adapters"] = deepcopy(m.adapters.state_dict())
-        seen["student"] = deepcopy(m.student_model.state_dict())
+        seen["student"] = deepcopy(m.student.state_dict())
         opt_ids = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
-        seen["teacher_in_opt"] = any(id(p) in opt_ids for p in m.teacher_model.parameters())
+        seen["teacher_in_opt"] = any(id(p) in opt_ids for p in m.teacher.parameters())
         seen["amp_in_opt"] = any(id(p) in opt_ids for p in m.amplifier.parameters())
         seen["adapters_in_opt"] = all(id(p) in opt_ids for p in m.adapters.parameters())
-        seen["ema_has_teacher"] = tr.ema.ema.teacher_model is not None
+        seen["ema_has_teacher"] = tr.ema.ema.teacher is not None
 
     def on_train_epoch_end(tr):
-        seen["teacher_training"] = tr.model.teacher_model.training or tr.model.amplifier.training
+        seen["teacher_training"] = tr.model.teacher.training or tr.model.amplifier.training
 
     trainer.add_callback("on_train_start", on_train_start)
     trainer.add_callback("on_train_epoch_end", on_train_epoch_end)
@@ -70,10 +70,10 @@ def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
     assert not seen["teacher_in_opt"] and not seen["amp_in_opt"] and seen["adapters_in_opt"]
     assert not seen["ema_has_teacher"] and not seen["teacher_training"]
     m = trainer.model
-    assert fingerprint(m.teacher_model) == seen["teacher_fp"]  # bit-identical teacher
+    assert fingerprint(m.teacher) == seen["teacher_fp"]  # bit-identical teacher
     assert trainer.teacher.fingerprint == fingerprint(torch.load(teacher_path, weights_only=False)["model"].float())
     assert any(not torch.equal(v, m.adapters.state_dict()[k]) for k, v in seen["adapters"].items())
-    assert any(not torch.equal(v, m.student_model.state_dict()[k]) for k, v in seen["student"].items())
+    assert any(not torch.equal(v, m.student.state_dict()[k]) for k, v in seen["student"].items())
     assert (trainer.save_dir / "amplifier.pt").is_file()
 
     ckpt = torch.load(trainer.best, weights_only=False)
@@ -82,6 +82,9 @@ def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
     assert "connectors" not in ckpt["ds2d2"]  # best.pt is the plain student; the resume state lives in last.pt
     last = torch.load(trainer.last, weights_only=False)
     assert set(last["ds2d2"]["connectors"]) >= {k for k in m.state_dict() if k.startswith("adapters.")}
+    # Written by Ultralytics' own save_model: its keys (git, modelopt included) and no staging folder left behind.
+    assert {"git", "modelopt", "train_args", "train_results"} <= set(last) and set(last) - set(ckpt) == set()
+    assert sorted(p.name for p in trainer.wdir.iterdir()) == ["best.pt", "last.pt"]
 
 
 def _tiny_ds2d2(tiny_models, synth_obb):
@@ -114,9 +117,9 @@ def _terms(model, batch):
     from ds2d2_yolo.integration.hooks import capture_head_inputs, head_features
 
     store = {}
-    with capture_head_inputs(model.student_model, store, "s"):
-        model.student_model(batch["img"])
-    return model.distill_terms(store["s"], head_features(model.teacher_model, batch["img"]), batch)
+    with capture_head_inputs(model.student, store, "s"):
+        model.student(batch["img"])
+    return model.distill_terms(store["s"], head_features(model.teacher, batch["img"]), batch)
 
 
 def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, synth_obb):
@@ -274,7 +277,7 @@ def test_batches_that_must_work(case, tmp_path, tiny_models):
     trainer = run_training(
         tmp_path, model=str(tiny_models["obb_student"]), data=str(data), teacher=str(tiny_models["obb_teacher"]), **case
     )
-    assert trainer.model.student_model.yaml.get("channels", 3) == channels
+    assert trainer.model.student.yaml.get("channels", 3) == channels
     row = read_results(trainer.save_dir)[-1]
     for col in DS2D2_COLS:
         assert torch.isfinite(torch.tensor(row[col])) and row[col] != 0, (col, row[col])

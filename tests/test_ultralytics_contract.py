@@ -164,3 +164,45 @@ def test_core_does_not_import_ultralytics():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ds2d2_yolo.core.dwt" in r.stdout and "ds2d2_yolo.core.disw" in r.stdout
+
+
+def test_save_and_final_eval_seams():
+    """The trainer runs Ultralytics' own save_model and final_eval; it relies on where they write and what they call.
+
+    save_model writes through `self.last`, `self.best` and `self.wdir` (redirected to a staging folder, then renamed
+    into place with the DS2D2 state) and reads `self.ema.ema` and `unwrap_model(self.model)` (shown the plain
+    student). final_eval strips through the module-level `strip_optimizer` name (swapped for an atomic version).
+    """
+    from ultralytics.engine import trainer as ultralytics_trainer
+
+    save = inspect.getsource(BaseTrainer.save_model)
+    for needle in ("self.last.write_bytes", "self.best.write_bytes", 'self.wdir / f"epoch', "self.ema.ema"):
+        assert needle in save, needle
+    final = inspect.getsource(BaseTrainer.final_eval)
+    assert "strip_optimizer(self.last)" in final and "strip_optimizer(self.best" in final
+    assert callable(ultralytics_trainer.strip_optimizer)
+    nan = inspect.getsource(BaseTrainer._handle_nan_recovery)
+    assert "self._load_checkpoint_state(ckpt)" in nan and "unwrap_model(self.model)" in nan
+
+
+def test_wrapper_surface_covers_what_ultralytics_reads():
+    """Every attribute Ultralytics copies onto the EMA is a property with a setter on the wrapper, and the wrapper has
+    none of the attribute names that switch on Ultralytics' DistillationModel branches."""
+    import re
+
+    from ultralytics.nn.distill_model import DistillationModel
+
+    from ds2d2_yolo.integration.wrapper import DS2D2Model
+
+    src = inspect.getsource(BaseTrainer._do_train)
+    include = re.search(r"update_attr\(self\.model, include=\[([^\]]*)\]", src)
+    names = re.findall(r'"(\w+)"', include.group(1))
+    assert {"yaml", "nc", "args", "names", "stride"} <= set(names)
+    for name in names:
+        prop = inspect.getattr_static(DS2D2Model, name, None)
+        assert isinstance(prop, property) and prop.fset is not None, name
+    for name in ("student_model", "teacher_model", "projector"):
+        assert inspect.getattr_static(DS2D2Model, name, None) is None, name
+    assert "__getattr__" not in vars(DS2D2Model) and "__setattr__" not in vars(DS2D2Model)
+    for name in ("student_model", "projector"):
+        assert name in inspect.getsource(BaseTrainer._handle_nan_recovery) + inspect.getsource(DistillationModel)

@@ -10,25 +10,24 @@ import shutil
 import socket
 import tempfile
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.cfg import DEFAULT_CFG, get_save_dir
 from ultralytics.data.utils import check_det_dataset
+from ultralytics.engine import trainer as ultralytics_trainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.utils import LOCAL_RANK, LOGGER, RANK, TQDM
 from ultralytics.utils.patches import torch_load
 from ultralytics.utils.torch_utils import (
     ModelEMA,
-    convert_optimizer_state_dict_to_fp16,
     strip_optimizer,
-    torch_distributed_zero_first,
     unwrap_model,
 )
 
@@ -45,7 +44,7 @@ from ds2d2_yolo.integration.amplifier import (
     save_amplifier,
     train_amplifier,
 )
-from ds2d2_yolo.integration.checkpoint import atomic_save, atomic_write
+from ds2d2_yolo.integration.checkpoint import atomic_save, atomic_write, signals_deferred
 from ds2d2_yolo.integration.hooks import detection_head, head_features, match_channels
 from ds2d2_yolo.integration.probe import head_map
 from ds2d2_yolo.integration.pseudo import pseudo_dataset
@@ -184,6 +183,7 @@ class DS2D2Trainer(DetectionTrainer):
         self._resume_state: dict | None = None
         self._amplifier = None
         self._lock: Path | None = None
+        self._wrapper: DS2D2Model | None = None  # set while Ultralytics is shown the plain student (_plain_student)
         if overrides.get("resume"):
             # Name the file now, so Ultralytics resumes exactly it (never "the latest run"), and read it before the
             # run folder, the teacher or the data are touched: a finished or foreign file costs nothing.
@@ -559,7 +559,7 @@ class DS2D2Trainer(DetectionTrainer):
         if isinstance(model, DS2D2Model) and model.method == "ds2d2" and self.ds2d2["implicit_high"]:
             if model.amplifier is None:
                 self._amplifier = self._build_amplifier()  # unfused: its state is what amplifier.pt and last.pt keep
-                model._hide("amplifier", fuse_frozen(deepcopy(self._amplifier)).to(self.device))
+                model.set_amplifier(fuse_frozen(deepcopy(self._amplifier)).to(self.device))
         if isinstance(model, DS2D2Model):
             # Set up here, not in __init__: the schedule counts the train loader's batches and the resumed start epoch,
             # and every DDP worker runs this setup itself.
@@ -603,11 +603,11 @@ class DS2D2Trainer(DetectionTrainer):
         """With diagnostics on: the cross-head mAP of this epoch's EMA student and the plot."""
         if not self.ds2d2["diagnose"] or RANK not in {-1, 0} or self.epoch >= self.epochs:
             return  # final_eval re-runs this callback one epoch past the end, for best.pt's metrics
-        ema, head = self.ema.ema, detection_head(unwrap_model(self.model).teacher_model)
+        ema, head = self.ema.ema, detection_head(unwrap_model(self.model).teacher)
         adapters = ema.adapters_im if len(ema.adapters_im) else ema.adapters
         m = head_map(
             self,
-            lambda img: [a(f) for a, f in zip(adapters, head_features(ema.student_model, img))],
+            lambda img: [a(f) for a, f in zip(adapters, head_features(ema.student, img))],
             head,
             self.teacher.class_map,
         )
@@ -703,53 +703,53 @@ class DS2D2Trainer(DetectionTrainer):
             ),
         }
 
-    def save_model(self):
-        """Write last.pt/best.pt atomically, each a plain Ultralytics student checkpoint.
+    @contextmanager
+    def _plain_student(self) -> Iterator[DS2D2Model | None]:
+        """Show Ultralytics the student where it reads `self.model` and `self.ema.ema`, so its own save and NaN
+        recovery handle a plain DetectionModel/OBBModel; yields the wrapper (None when there is none)."""
+        wrapper = unwrap_model(self.model)
+        if not isinstance(wrapper, DS2D2Model):
+            yield None
+            return
+        model, ema = self.model, self.ema.ema if self.ema else None
+        self._wrapper, self.model = wrapper, wrapper.student
+        if ema is not None:
+            self.ema.ema = ema.student
+        try:
+            yield wrapper
+        finally:
+            self.model, self._wrapper = model, None
+            if ema is not None and self.ema.ema is ema.student:  # NaN recovery builds a new EMA of the wrapper
+                self.ema.ema = ema
 
-        The student (EMA) is saved under "ema" exactly as Ultralytics saves it, so the file loads, validates and
-        exports where this package is not installed. Distillation state goes under the extra "ds2d2" key of last.pt
-        (and of `save_period` files) as plain tensors and dicts, so resume continues with the same teacher, adapters
-        and amplifier. best.pt, which nothing resumes from, records only the DS2D2 arguments: it is the plain student.
+    def save_model(self):
+        """Ultralytics' own save_model on the student, written atomically, with the DS2D2 state added.
+
+        Ultralytics writes into a hidden staging folder beside the weights; each file is then read back, given its
+        "ds2d2" key and renamed into place (`atomic_save`), so an interrupted save leaves the previous file, never a
+        half one. The student (EMA) sits under "ema" exactly as Ultralytics saves it, so every file loads, validates
+        and exports where this package is not installed. last.pt (and `save_period` files) carry the state resume
+        needs as plain tensors and dicts; best.pt, which nothing resumes from, carries only the DS2D2 arguments.
         """
-        ema_model = self.ema.ema
-        wrapped = isinstance(ema_model, DS2D2Model)
-        student = ema_model.student_model if wrapped else ema_model
-        if not all(torch.isfinite(v).all() for v in student.state_dict().values() if v.is_floating_point()):
-            live = unwrap_model(self.model)
-            live = live.student_model if wrapped else live
-            for v, lv in zip(student.state_dict().values(), live.state_dict().values()):
-                if v.is_floating_point() and not torch.isfinite(v).all() and torch.isfinite(lv).all():
-                    v.copy_(lv)  # one non-finite EMA update must not poison every later checkpoint
-        snapshot = deepcopy(student).half().to(memory_format=torch.contiguous_format)
-        snapshot.criterion = None
-        for v in snapshot.state_dict().values():
-            if v.is_floating_point():
-                torch.nan_to_num_(v)
-        ckpt = {
-            "epoch": self.epoch,
-            "best_fitness": self.best_fitness,
-            "stopper": {"best_fitness": self.stopper.best_fitness, "best_epoch": self.stopper.best_epoch},
-            "model": None,
-            "ema": snapshot,
-            "updates": self.ema.updates,
-            "optimizer": convert_optimizer_state_dict_to_fp16(deepcopy(self.optimizer.state_dict())),
-            "scaler": self.scaler.state_dict(),
-            "train_args": vars(self.args),
-            "train_metrics": {**self.metrics, "fitness": self.fitness},
-            "train_results": self.read_results_csv(),
-            "date": datetime.now().astimezone().isoformat(),
-            "version": ULTRALYTICS_VERSION,
-            "license": "AGPL-3.0 (https://ultralytics.com/license)",
-            "docs": "https://docs.ultralytics.com",
-        }
-        # Every run records its DS2D2 arguments, so resume knows the method even for distill=none/native.
-        ckpt["ds2d2"] = self._ds2d2_state(ema_model) if wrapped else {"version": __version__, "args": dict(self.ds2d2)}
-        self.wdir.mkdir(parents=True, exist_ok=True)
-        atomic_save(ckpt, self.last)
-        if self.best_fitness == self.fitness:
-            atomic_save({**ckpt, "ds2d2": self._ds2d2_record()}, self.best)
-        if (self.save_period > 0) and (self.epoch % self.save_period == 0):
-            atomic_save(ckpt, self.wdir / f"epoch{self.epoch}.pt")
+        ema = self.ema.ema
+        state = self._ds2d2_state(ema) if isinstance(ema, DS2D2Model) else self._ds2d2_record()
+        real = self.wdir, self.last, self.best
+        stage = self.wdir / ".saving"
+        with signals_deferred():
+            shutil.rmtree(stage, ignore_errors=True)
+            self.wdir, self.last, self.best = stage, stage / real[1].name, stage / real[2].name
+            try:
+                with self._plain_student():
+                    super().save_model()
+            finally:
+                self.wdir, self.last, self.best = real
+            ckpt = torch_load(stage / real[1].name, map_location="cpu")  # written a moment ago by this process
+            atomic_save({**ckpt, "ds2d2": state}, self.last)
+            if (stage / real[2].name).exists():
+                atomic_save({**ckpt, "ds2d2": self._ds2d2_record()}, self.best)
+            for f in stage.glob("epoch*.pt"):
+                atomic_save({**ckpt, "ds2d2": state}, self.wdir / f.name)
+            shutil.rmtree(stage, ignore_errors=True)
         return True
 
     def _ds2d2_record(self) -> dict[str, Any]:
@@ -758,65 +758,27 @@ class DS2D2Trainer(DetectionTrainer):
 
     def _load_checkpoint_state(self, ckpt):
         """Load optimizer/scaler/EMA state; the EMA holds a plain student plus the saved connectors."""
-        model = unwrap_model(self.model)
+        model = self._wrapper or unwrap_model(self.model)
         if not isinstance(model, DS2D2Model):
             return super()._load_checkpoint_state(ckpt)
         super()._load_checkpoint_state({**ckpt, "ema": None})
+        if self._wrapper is not None:
+            model.load_connector_state(ckpt["ds2d2"]["connectors"])  # NaN recovery: the live connectors too
         if self.ema and ckpt.get("ema"):
-            self.ema = ModelEMA(self.model)
-            self.ema.ema.student_model.load_state_dict(ckpt["ema"].float().state_dict())
+            self.ema = ModelEMA(model)
+            self.ema.ema.student.load_state_dict(ckpt["ema"].float().state_dict())
             self.ema.ema.load_connector_state(ckpt["ds2d2"]["connectors"])
             self.ema.updates = ckpt["updates"]
 
     def _handle_nan_recovery(self, epoch):
-        """Recover from a NaN/Inf epoch by reloading last.pt, restoring the student and connectors separately."""
-        model = unwrap_model(self.model)
-        if not isinstance(model, DS2D2Model):
+        """Ultralytics' NaN recovery on the student; the connectors come back from last.pt's DS2D2 state."""
+        with self._plain_student():
             return super()._handle_nan_recovery(epoch)
-        bad = (self.loss is not None and not self.loss.isfinite()) or (
-            self.fitness is not None and not np.isfinite(self.fitness)
-        )
-        bad = RANK in {-1, 0} and bool(bad)
-        if RANK != -1:
-            flag = [bad if RANK == 0 else None]
-            torch.distributed.broadcast_object_list(flag, 0)
-            bad = flag[0]
-        if not bad:
-            return False
-        if epoch == self.start_epoch:
-            LOGGER.warning("NaN/Inf detected in the first epoch; no last.pt to recover from yet")
-            return False
-        if not self.last.exists():
-            raise RuntimeError("NaN/Inf detected but no last.pt is available for recovery")
-        self.nan_recovery_attempts += 1
-        if self.nan_recovery_attempts > 3:
-            raise RuntimeError(f"Training failed: NaN persisted for {self.nan_recovery_attempts} epochs")
-        LOGGER.warning(f"NaN/Inf detected (attempt {self.nan_recovery_attempts}/3), recovering from last.pt...")
-        self._model_train()
-        ckpt = torch_load(self.last, map_location="cpu")
-        model.student_model.load_state_dict(ckpt["ema"].float().state_dict())
-        model.load_connector_state(ckpt["ds2d2"]["connectors"])
-        self._load_checkpoint_state(ckpt)
-        self.scheduler.last_epoch = epoch - 1
-        return True
 
     def final_eval(self):
-        """Strip the optimizer from last.pt/best.pt atomically, then validate best.pt as Ultralytics does."""
-        with torch_distributed_zero_first(LOCAL_RANK):
-            if RANK in {-1, 0}:
-                ckpt = _strip_atomic(self.last) if self.last.exists() else {}
-                if self.best.exists():
-                    updates = {"train_results": ckpt.get("train_results"), "ds2d2": self._ds2d2_record()}
-                    _strip_atomic(self.best, updates=updates)
-        if self.best.exists():
-            LOGGER.info(f"\nValidating {self.best}...")
-            self.validator.args.plots = self.args.plots
-            self.validator.args.compile = False
-            self.metrics = self.validator(model=self.best)
-            self.metrics.pop("fitness", None)
-            self.epoch += 1  # log best metrics at step epochs+1, as Ultralytics does
-            self.run_callbacks("on_fit_epoch_end")
-            self.epoch -= 1
+        """Ultralytics' final_eval, with last.pt/best.pt stripped atomically (`strip_atomic`)."""
+        with atomic_strip():
+            super().final_eval()
 
 
 class _NotStripped(Exception):
@@ -850,6 +812,25 @@ def _strip_atomic(path: Path, updates: dict | None = None) -> dict:
         return {}
     LOGGER.info(f"Optimizer stripped from {path}, {path.stat().st_size / 1e6:.1f}MB")
     return ckpt
+
+
+@contextmanager
+def atomic_strip() -> Iterator[None]:
+    """Within the block, Ultralytics' trainer strips checkpoints in place through `_strip_atomic`.
+
+    Its `final_eval` calls `strip_optimizer`, which rewrites last.pt/best.pt in place: an interruption there would
+    leave a half file. Swapping the one name its module looks up keeps the rest of `final_eval` Ultralytics' own.
+    """
+    original = ultralytics_trainer.strip_optimizer
+
+    def strip(f: str | Path = "best.pt", s: str = "", updates: dict | None = None) -> dict:
+        return original(f, s, updates) if s else _strip_atomic(Path(f), updates)
+
+    ultralytics_trainer.strip_optimizer = strip
+    try:
+        yield
+    finally:
+        ultralytics_trainer.strip_optimizer = original
 
 
 def _student_model(model: Any, task: str) -> torch.nn.Module | None:

@@ -15,9 +15,6 @@ from ds2d2_yolo.core.dwt import DWT2d
 from ds2d2_yolo.integration.hooks import capture_head_inputs, detection_head, head_features, match_channels
 from ds2d2_yolo.methods import REGISTRY
 
-# Attributes Ultralytics reads or writes on `trainer.model`; they belong to the student.
-_STUDENT_ATTRS = frozenset({"names", "nc", "args", "stride", "yaml", "criterion", "class_weights", "end2end", "task"})
-
 
 class DS2D2Model(nn.Module):
     """Training-time wrapper for feature distillation into an Ultralytics detection or OBB student.
@@ -28,7 +25,7 @@ class DS2D2Model(nn.Module):
     distillation total appended, and one logged item per term.
 
     Attributes:
-        student_model (nn.Module): The student being trained.
+        student (nn.Module): The student being trained.
         adapters (nn.ModuleList): 1x1 conv per level, student to teacher channels.
         generators (nn.ModuleList): MGD generation blocks (empty unless method is "mgd").
         method (str): A feature method of `ds2d2_yolo.methods.REGISTRY` ("ds2d2", "cwd", "mgd").
@@ -38,41 +35,41 @@ class DS2D2Model(nn.Module):
 
     def __init__(
         self,
-        student_model: nn.Module,
-        teacher_model: nn.Module,
+        student: nn.Module,
+        teacher: nn.Module,
         cfg: dict[str, Any],
         amplifier: nn.Module | None = None,
     ) -> None:
         """Build adapters from the channel widths of both heads and check that the levels line up.
 
         Args:
-            student_model (nn.Module): Ultralytics DetectionModel/OBBModel to train.
-            teacher_model (nn.Module): Frozen teacher of the same task (converted to channels-last in place).
+            student (nn.Module): Ultralytics DetectionModel/OBBModel to train.
+            teacher (nn.Module): Frozen teacher of the same task (converted to channels-last in place).
             cfg (dict): Validated DS2D2 arguments (`ds2d2_yolo.config.check_args`).
             amplifier (nn.Module | None): Trained high-frequency amplifier head (required when implicit_high is on;
                 converted to channels-last in place).
         """
         super().__init__()
-        self.student_model = student_model
+        self.student = student
         self.method = cfg["distill"]
         self.cfg = dict(cfg)
-        self.teacher_channels = int(teacher_model.yaml.get("channels", 3))
-        for m in (teacher_model, amplifier):
+        self.teacher_channels = int(teacher.yaml.get("channels", 3))
+        for m in (teacher, amplifier):
             if m is not None:
                 # The frozen modules only infer and pass input gradients: channels-last convolutions do the same
                 # maths (to float rounding) and took 8 % off a DS2D2 step on CPU (bench_step's `@nchw` rows).
                 m.to(memory_format=torch.channels_last)
-        self._hide("teacher_model", teacher_model)
+        self._hide("teacher", teacher)
         self._hide("amplifier", amplifier)
         self.skipped: dict[str, int] = {}
 
-        s_head, t_head = detection_head(student_model), detection_head(teacher_model)
+        s_head, t_head = detection_head(student), detection_head(teacher)
         if s_head.nl != t_head.nl or not torch.equal(s_head.stride.cpu(), t_head.stride.cpu()):
             raise ValueError(
                 f"teacher head reads strides {t_head.stride.tolist()} but the student's reads "
                 f"{s_head.stride.tolist()}; pick a teacher whose head uses the same levels (P3/P4/P5)"
             )
-        s_ch, t_ch = self._level_channels(student_model), self._level_channels(teacher_model)
+        s_ch, t_ch = self._level_channels(student), self._level_channels(teacher)
         self.adapters = nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch))
         self.impl = REGISTRY[self.method]
         extra = self.impl.connectors(s_ch, t_ch, cfg)
@@ -89,37 +86,120 @@ class DS2D2Model(nn.Module):
         self.disw_mode = resolve_disw_mode(cfg["disw"], task)
 
     # ----------------------------------------------------------------------------------------------------------
-    # plumbing: hidden frozen modules, attribute forwarding to the student, pickling
-    def _hide(self, name: str, value: Any) -> None:
+    # The attributes Ultralytics reads or sets on `trainer.model` and on its EMA copy; they all belong to the student.
+    # Each is spelled out, so an attribute Ultralytics starts to read in a new version fails loudly instead of being
+    # silently answered by the student, and the attribute names of Ultralytics' own DistillationModel (its student,
+    # teacher and projector) never appear here, so its distillation branches do not fire on this wrapper.
+    def _hide(self, name: str, value: nn.Module | None) -> None:
+        """Keep a frozen module out of `_modules`, so parameters(), state_dict(), EMA and pickles never see it."""
         object.__setattr__(self, name, value)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Route the attributes Ultralytics sets on `trainer.model` (nc, names, args, ...) to the student."""
-        if name in _STUDENT_ATTRS and "student_model" in self._modules:
-            setattr(self.student_model, name, value)
-        else:
-            super().__setattr__(name, value)
+    def set_amplifier(self, amplifier: nn.Module) -> None:
+        """Use a (fused, frozen) high-frequency amplifier trained after the wrapper was built."""
+        self._hide("amplifier", amplifier.to(memory_format=torch.channels_last).eval())
 
-    def __getattr__(self, name: str) -> Any:
-        """Fall back to the student for attributes the wrapper lacks (stride, names, info, predict, ...)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "student_model" or "student_model" not in self.__dict__.get("_modules", {}):
-                raise
-            return getattr(self._modules["student_model"], name)
+    @property
+    def model(self) -> nn.Sequential:
+        """The student's layers (Ultralytics reads `model.model[-1]` for the head)."""
+        return self.student.model
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class names."""
+        return self.student.names
+
+    @names.setter
+    def names(self, value: dict[int, str]) -> None:
+        self.student.names = value
+
+    @property
+    def nc(self) -> int:
+        """Number of classes."""
+        return self.student.nc
+
+    @nc.setter
+    def nc(self, value: int) -> None:
+        self.student.nc = value
+
+    @property
+    def args(self) -> Any:
+        """Training arguments (hyperparameters for the student's loss)."""
+        return self.student.args
+
+    @args.setter
+    def args(self, value: Any) -> None:
+        self.student.args = value
+
+    @property
+    def stride(self) -> torch.Tensor:
+        """Strides of the detection levels."""
+        return self.student.stride
+
+    @stride.setter
+    def stride(self, value: torch.Tensor) -> None:
+        self.student.stride = value
+
+    @property
+    def yaml(self) -> dict:
+        """The student's model configuration."""
+        return self.student.yaml
+
+    @yaml.setter
+    def yaml(self, value: dict) -> None:
+        self.student.yaml = value
+
+    @property
+    def class_weights(self) -> torch.Tensor | None:
+        """Per-class loss weights, set by the trainer."""
+        return getattr(self.student, "class_weights", None)
+
+    @class_weights.setter
+    def class_weights(self, value: torch.Tensor | None) -> None:
+        self.student.class_weights = value
+
+    @property
+    def criterion(self) -> Any:
+        """The student's detection loss."""
+        return self.student.criterion
+
+    @criterion.setter
+    def criterion(self, value: Any) -> None:
+        self.student.criterion = value
+
+    @property
+    def end2end(self) -> bool:
+        """Whether the student's head decodes without NMS (YOLO26); the validator sets it."""
+        return getattr(self.student, "end2end", False)
+
+    @end2end.setter
+    def end2end(self, value: bool) -> None:
+        if hasattr(self.student, "end2end"):
+            self.student.end2end = value
+
+    @property
+    def task(self) -> str:
+        """The student's task, "detect" or "obb"."""
+        return getattr(self.student, "task", "detect")
+
+    def set_head_attr(self, **kwargs: Any) -> None:
+        """Set head attributes (max_det, ...) on the student."""
+        self.student.set_head_attr(**kwargs)
+
+    def info(self, *args: Any, **kwargs: Any) -> Any:
+        """The student's model summary."""
+        return self.student.info(*args, **kwargs)
 
     def __getstate__(self) -> dict:
         """Drop the teacher and the amplifier from pickles and deepcopies (EMA, checkpoints, DDP files)."""
         state = self.__dict__.copy()
-        state["teacher_model"] = None
+        state["teacher"] = None
         state["amplifier"] = None
         return state
 
     def _apply(self, fn, recurse: bool = True):
         """Move the hidden teacher and amplifier with the wrapper (`.to(device)`)."""
         super()._apply(fn, recurse)
-        for name in ("teacher_model", "amplifier"):
+        for name in ("teacher", "amplifier"):
             m = self.__dict__.get(name)
             if m is not None:
                 m._apply(fn)
@@ -128,7 +208,7 @@ class DS2D2Model(nn.Module):
     def train(self, mode: bool = True):
         """Set train mode on the student and adapters; the teacher and amplifier always stay in eval mode."""
         super().train(mode)
-        for name in ("teacher_model", "amplifier"):
+        for name in ("teacher", "amplifier"):
             m = self.__dict__.get(name)
             if m is not None:
                 m.eval()
@@ -152,15 +232,15 @@ class DS2D2Model(nn.Module):
         """Return the loss for a batch dict, otherwise the student's predictions."""
         if isinstance(x, dict):
             return self.loss(x, *args, **kwargs)
-        return self.student_model(x, *args, **kwargs)
+        return self.student(x, *args, **kwargs)
 
     def fuse(self, *args, **kwargs):
         """Fuse and return the student: the wrapper is training-only."""
-        return self.student_model.fuse(*args, **kwargs)
+        return self.student.fuse(*args, **kwargs)
 
     def init_criterion(self):
         """Build the student's detection criterion."""
-        return self.student_model.init_criterion()
+        return self.student.init_criterion()
 
     @property
     def loss_names(self) -> tuple[str, ...]:
@@ -181,17 +261,17 @@ class DS2D2Model(nn.Module):
         device = batch["img"].device
         if not self.training:
             if preds is None:
-                preds = self.student_model(batch["img"])
-            loss, items = self.student_model.loss(batch, preds)
+                preds = self.student(batch["img"])
+            loss, items = self.student.loss(batch, preds)
             zero = torch.zeros(1, device=device)
             return torch.cat([loss, zero]), {**items, **{k: zero[0] for k in self.loss_names}}
 
         store: dict = {}
-        with capture_head_inputs(self.student_model, store, "s"):
-            preds = self.student_model(batch["img"])
-        loss, items = self.student_model.loss(batch, preds)
+        with capture_head_inputs(self.student, store, "s"):
+            preds = self.student(batch["img"])
+        loss, items = self.student.loss(batch, preds)
         with torch.no_grad():
-            t_feats = head_features(self.teacher_model, match_channels(batch["img"], self.teacher_channels))
+            t_feats = head_features(self.teacher, match_channels(batch["img"], self.teacher_channels))
 
         with torch.autocast(device_type=device.type, enabled=False):  # spectral maths and KD in fp32
             terms = self.distill_terms(store["s"], t_feats, batch)
@@ -210,7 +290,7 @@ class DS2D2Model(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The student's trainable parameters before its head: the ones both the detection loss and KD reach."""
-        return [p for p in self.student_model.model[:-1].parameters() if p.requires_grad]
+        return [p for p in self.student.model[:-1].parameters() if p.requires_grad]
 
     def measure(
         self, det: torch.Tensor, terms: dict[str, torch.Tensor], s_feats: list[torch.Tensor], t_feats: list
@@ -230,7 +310,7 @@ class DS2D2Model(nn.Module):
         out: dict[str, float] = {}
         for k, v in grad_stats(det, terms, self.shared_parameters()).items():
             out[f"{k}/ratio"], out[f"{k}/cos"] = v["ratio"], v["cos"]
-        levels = [f"P{int(math.log2(s))}" for s in detection_head(self.student_model).stride.tolist()]
+        levels = [f"P{int(math.log2(s))}" for s in detection_head(self.student).stride.tolist()]
         with torch.no_grad():
             t = [f.float() for f in t_feats]
             for name, adapters in (("dist", self.adapters), ("dist_im", self.adapters_im)):
@@ -265,7 +345,7 @@ class DS2D2Model(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     def connector_state(self) -> dict[str, torch.Tensor]:
         """State of the trainable non-student parts (adapters, generators), as plain tensors."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("student_model.")}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
 
     def load_connector_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load adapters and generators saved by `connector_state`, strictly."""

@@ -65,7 +65,7 @@ class DS2D2(FeatureMethod):
         kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
         s_im = [a(f.float()) for a, f in zip(model.adapters_im, s_feats)] if len(model.adapters_im) else s_ad
         if cfg["implicit_full"]:
-            head = detection_head(model.teacher_model)
+            head = detection_head(model.teacher)
             with torch.no_grad():
                 t_out = head.forward_head(t_feats, **head.one2many)
             s_out = head.forward_head(s_im, **head.one2many)

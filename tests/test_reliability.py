@@ -453,9 +453,7 @@ def test_non_finite_terms_are_skipped(tmp_path, tiny_models, synth_obb, monkeypa
     monkeypatch.setattr(DS2D2Model, "distill_terms", poisoned)
     trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, batch=2, **obb_kw(tiny_models, synth_obb)))
     seen: dict[str, Any] = {}
-    trainer.add_callback(
-        "on_train_start", lambda tr: seen.update(student=deepcopy(tr.model.student.state_dict()))
-    )
+    trainer.add_callback("on_train_start", lambda tr: seen.update(student=deepcopy(tr.model.student.state_dict())))
     with ultralytics_log() as log:
         trainer.train()
 

@@ -1,0 +1,109 @@
+"""INT8 accuracy drop of every trained run of a regime folder: ONNX FP32 against ONNX Runtime static INT8.
+
+Each run's final weights (`runs/<method>-s<seed>/weights/last.pt`, the final EMA) are exported to ONNX at the
+training size, quantized with `ds2d2_yolo.tools.quantize.quantize_onnx` (calibrated on training images) and both files
+are validated with Ultralytics' `val` on the regime's split. One record per run goes to `int8.jsonl` beside the
+regime's `results.jsonl` (resumable: finished runs are skipped), and the table to `int8.md`.
+
+Examples:
+    python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+from ds2d2_yolo.tools.compress import export_to
+from ds2d2_yolo.tools.prune import validate
+from ds2d2_yolo.tools.quantize import quantize_onnx, split_images
+
+
+def git_commit() -> str:
+    """HEAD of the checkout this script runs from, with "-dirty" when tracked files differ from it."""
+    root = Path(__file__).resolve().parent
+    head = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True).strip()
+    dirty = subprocess.check_output(["git", "status", "--porcelain", "-uno"], cwd=root, text=True).strip()
+    return head + ("-dirty" if dirty else "")
+
+
+def int8_record(weights: Path, data: Path, imgsz: int, calib: int, work: Path) -> dict[str, float]:
+    """Export, quantize and validate one run's weights; mAPs of both files and the INT8 change."""
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = export_to(weights, "onnx", work / "fp32.onnx", imgsz=imgsz, device="cpu", batch=1)
+    int8 = quantize_onnx(fp32, work / "int8.onnx", split_images(data, "train", calib), imgsz)
+    a = validate(fp32, str(data), imgsz, 1, "cpu", work / "val-fp32")
+    b = validate(int8, str(data), imgsz, 1, "cpu", work / "val-int8")
+    return {
+        "fp32_mAP50": a["mAP50"],
+        "fp32_mAP50-95": a["mAP50-95"],
+        "int8_mAP50": b["mAP50"],
+        "int8_mAP50-95": b["mAP50-95"],
+        "d50": b["mAP50"] - a["mAP50"],
+        "d95": b["mAP50-95"] - a["mAP50-95"],
+    }
+
+
+def int8_table(records: list[dict]) -> str:
+    """Per method: seeds, FP32 and INT8 mAP50 means, and the INT8 change (mean ± std, worst seed)."""
+
+    def pm(v: list[float]) -> str:
+        return f"{statistics.fmean(v):+.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:+.3f}"
+
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        by.setdefault(r["method"], []).append(r)
+    lines = [
+        "| method | seeds | FP32 mAP50 | INT8 mAP50 | Δ mAP50 (INT8 − FP32) | worst Δ mAP50 | Δ mAP50-95 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, rs in sorted(by.items(), key=lambda kv: (kv[0] != "none", kv[0])):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        lines.append(
+            f"| {m} | {','.join(str(r['seed']) for r in rs)} | {statistics.fmean(r['fp32_mAP50'] for r in rs):.3f} | "
+            f"{statistics.fmean(r['int8_mAP50'] for r in rs):.3f} | {pm([r['d50'] for r in rs])} | "
+            f"{min(r['d50'] for r in rs):+.3f} | {pm([r['d95'] for r in rs])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Quantize every finished run of one regime folder that int8.jsonl does not hold yet, then write the table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", type=Path, help="a regime/split folder holding results.jsonl and runs/")
+    ap.add_argument("--calib", type=int, default=64, help="calibration images from the training split")
+    ap.add_argument("--report", action="store_true", help="only rebuild int8.md from int8.jsonl")
+    a = ap.parse_args()
+    out = a.folder / "int8.jsonl"
+    commit = git_commit()
+    done = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+    if not a.report:
+        data = a.folder.parent / f"{a.folder.name.split('-', 1)[1]}.yaml"  # dota-report -> report.yaml
+        if not data.is_file():
+            raise SystemExit(f"{data} not found: run the regime first (benchmarks/regimes.py)")
+        for line in (a.folder / "results.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if any(d["method"] == r["method"] and d["seed"] == r["seed"] for d in done):
+                continue
+            weights = a.folder / "runs" / f"{r['method']}-s{r['seed']}" / "weights" / "last.pt"
+            if not weights.is_file():
+                print(f"[int8] {weights} missing; skipped")
+                continue
+            imgsz = int(r["settings"]["imgsz"])
+            rec = {"method": r["method"], "seed": r["seed"], "imgsz": imgsz, "calib": a.calib}
+            rec.update(commit=commit, train_commit=r["commit"])
+            rec.update(int8_record(weights, data, imgsz, a.calib, a.folder / "int8" / f"{r['method']}-s{r['seed']}"))
+            print(f"[int8] {r['method']} seed {r['seed']}: Δ mAP50 {rec['d50']:+.4f}", flush=True)
+            with open(out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            done.append(rec)
+    table = int8_table(done) if done else "no records\n"
+    (a.folder / "int8.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -471,7 +471,7 @@ def section_parity(device: torch.device, prof: dict, shared: Path, work: Path, t
         model = bench_step.build("ds2d2", student_yaml(work), teacher, prof["imgsz"], 15).to(device)
         source = "bench_step's seeded student, untrained amplifier (the train section left no model)"
     batch = to_device(bench_step._batches(dota8_yaml(shared, work), prof["imgsz"], prof["batch"], 1)[0], device)
-    neck = _neck_params(model.student_model)
+    neck = _neck_params(model.student)
     captured: dict[str, torch.Tensor] = {}
     distill_terms = model.distill_terms
 

@@ -68,7 +68,7 @@ def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> 
     """A training-mode wrapper for a benchmark method ("native", "none", "cwd", "ds2d2", ...) on a seeded student."""
     if method.endswith(NCHW):
         model = build(method.removesuffix(NCHW), student_yaml, teacher, imgsz, nc)
-        for m in (model.teacher_model, model.amplifier):
+        for m in (model.teacher, model.amplifier):
             if m is not None:
                 m.to(memory_format=torch.contiguous_format)
         return model

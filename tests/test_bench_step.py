@@ -51,7 +51,7 @@ def test_bench_step_models_follow_the_method(tiny_models):
 
 
 def _conv_weights(model):
-    nets = (model.teacher_model, model.amplifier)
+    nets = (model.teacher, model.amplifier)
     return [c.weight for m in nets for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
 
 

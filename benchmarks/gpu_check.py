@@ -7,7 +7,7 @@ Sections, each recorded in `gpu_check.json` and `gpu_check.md` under `--out`:
    teacher, dota8 tiles, `amp=True` on CUDA); every KD term finite and non-zero, best.pt reloaded and validated on CPU.
 3. parity: one fixed batch; every DS2D2 term and its gradient on the student's neck under autocast fp16 and bf16
    against fp32 (TF32 off), relative differences (target <= 1e-2 on the terms).
-4. step_cost: `bench_step`'s builds, interleaved steps with CUDA synchronisation, for none, native, ds2d2,
+4. step_cost: `step_cost.py`'s builds, interleaved steps with CUDA synchronisation, for none, native, ds2d2,
    ds2d2-explicit and ds2d2-implicit; peak CUDA memory per method (peak RSS on CPU). Targets: DS2D2 <= 1.3x native
    time and <= 1.2x memory.
 5. throughput (full mode on CUDA only, within the time budget): R1 DOTA-mini runs (ds2d2, several seeds) as parallel
@@ -155,11 +155,14 @@ def ensure_packages(stage: Path) -> list[str]:
 
 
 def shared_root(stage: Path) -> Path:
-    """The real samples and teacher: ../shared beside the checkout, else the staged copy."""
-    for root in (REPO.parent / "shared", stage / "shared"):
+    """The real samples and teacher: ../shared beside the checkout (the tracks' folder), else the staged copy."""
+    from tracks import shared_data  # after the bootstrap: the tracks import Ultralytics and this package
+
+    beside = shared_data().parent
+    for root in (beside, stage / "shared"):
         if (root / "data" / "dota8").is_dir() and (root / "weights" / "yolov8n-obb-dota.pt").is_file():
             return root
-    raise SystemExit(f"gpu_check: no DOTA samples in {REPO.parent / 'shared'} or {stage / 'shared'}; stage them first")
+    raise SystemExit(f"gpu_check: no DOTA samples in {beside} or {stage / 'shared'}; stage them first")
 
 
 def results_columns(path: Path) -> dict[str, list[float]]:
@@ -460,17 +463,17 @@ def section_parity(device: torch.device, prof: dict, shared: Path, work: Path, t
         shared (Path): Samples and teacher.
         work (Path): Scratch folder.
         trained (DS2D2Model | None): The train section's wrapper (trained student, adapters and amplifier), the
-            realistic case; without it, bench_step's seeded student with an untrained copy of the teacher head.
+            realistic case; without it, step_cost's seeded student with an untrained copy of the teacher head.
     """
-    from ds2d2_yolo import bench_step
+    import step_cost  # after the bootstrap, like every import of Ultralytics and this package here
 
     if trained is not None:
         model, source = trained.to(device).train(), "the train section's wrapper (2 epochs, trained amplifier)"
     else:
         teacher = str(shared / "weights" / "yolov8n-obb-dota.pt")
-        model = bench_step.build("ds2d2", student_yaml(work), teacher, prof["imgsz"], 15).to(device)
-        source = "bench_step's seeded student, untrained amplifier (the train section left no model)"
-    batch = to_device(bench_step._batches(dota8_yaml(shared, work), prof["imgsz"], prof["batch"], 1)[0], device)
+        model = step_cost.build("ds2d2", student_yaml(work), teacher, prof["imgsz"], 15).to(device)
+        source = "step_cost's seeded student, untrained amplifier (the train section left no model)"
+    batch = to_device(step_cost._batches(dota8_yaml(shared, work), prof["imgsz"], prof["batch"], 1)[0], device)
     neck = _neck_params(model.student)
     captured: dict[str, torch.Tensor] = {}
     distill_terms = model.distill_terms
@@ -557,7 +560,7 @@ def section_parity(device: torch.device, prof: dict, shared: Path, work: Path, t
 def _bench_data(cfg: dict, shared: Path, work: Path) -> str:
     if cfg["data"] == "dota8":
         return dota8_yaml(shared, work)
-    from ds2d2_yolo.benchmark import prepare_dota_mini
+    from tracks import prepare_dota_mini
 
     os.environ["DS2D2_SHARED_DATA"] = str(shared / "data")
     return str(prepare_dota_mini(work / "dota-mini")["report"])
@@ -565,7 +568,7 @@ def _bench_data(cfg: dict, shared: Path, work: Path) -> str:
 
 def section_step_cost(device: torch.device, prof: dict, shared: Path, work: Path) -> dict:
     """Interleaved step times and per-method peak memory for each bench configuration of the profile."""
-    from ds2d2_yolo import bench_step
+    import step_cost
 
     teacher = str(shared / "weights" / "yolov8n-obb-dota.pt")
     student = student_yaml(work)
@@ -576,8 +579,8 @@ def section_step_cost(device: torch.device, prof: dict, shared: Path, work: Path
         data = _bench_data(cfg, shared, work)
         # Batches stay on the host and go to the device one at a time, as in training: a resident stack of them
         # would add the same constant to every method's peak memory and pull the ratios towards 1.
-        batches = bench_step._batches(data, cfg["imgsz"], cfg["batch"], cfg["steps"])
-        models = {m: bench_step.build(m, student, teacher, cfg["imgsz"], 15).to(device) for m in BENCH_METHODS}
+        batches = step_cost._batches(data, cfg["imgsz"], cfg["batch"], cfg["steps"])
+        models = {m: step_cost.build(m, student, teacher, cfg["imgsz"], 15).to(device) for m in BENCH_METHODS}
         times = {prec: _interleaved(device, prec, batches, cfg, models) for prec in precisions}
         del models
         gc.collect()
@@ -591,7 +594,7 @@ def section_step_cost(device: torch.device, prof: dict, shared: Path, work: Path
                 row["resident_mb"] = {m: v[1] for m, v in peaks.items()}  # weights and buffers before the first step
                 row["tf32_convolutions"] = torch.backends.cudnn.allow_tf32  # PyTorch's default, as training runs
             elif prof.get("rss", True):
-                row["memory_kind"] = "peak RSS of a child process running the steps (MB, bench_step)"
+                row["memory_kind"] = "peak RSS of a child process running the steps (MB, step_cost)"
                 a = argparse.Namespace(
                     data=data,
                     teacher=teacher,
@@ -605,7 +608,7 @@ def section_step_cost(device: torch.device, prof: dict, shared: Path, work: Path
                 )
                 # A child's peak RSS is its own, so running them side by side changes only the wall time.
                 with ThreadPoolExecutor(len(BENCH_METHODS)) as ex:
-                    peaks = ex.map(bench_step.peak_rss, BENCH_METHODS, [a] * len(BENCH_METHODS))
+                    peaks = ex.map(step_cost.peak_rss, BENCH_METHODS, [a] * len(BENCH_METHODS))
                     row["peak_mem_mb"] = dict(zip(BENCH_METHODS, peaks))
             nat = row["s_per_step"]["native"]
             row["time_vs_native"] = {m: v / nat for m, v in row["s_per_step"].items()}
@@ -625,21 +628,21 @@ def section_step_cost(device: torch.device, prof: dict, shared: Path, work: Path
 
 
 def _timed_step(device: torch.device, prec: str, model, opt, batch) -> float:
-    from ds2d2_yolo import bench_step
+    import step_cost
 
     sync(device)
     t = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.float16, enabled=prec == "amp-fp16"):
-        bench_step.step(model, opt, batch)
+        step_cost.step(model, opt, batch)
     sync(device)
     return time.perf_counter() - t
 
 
 def _interleaved(device: torch.device, prec: str, batches: list[dict], cfg: dict, models: dict) -> dict[str, float]:
-    """Median s/step per method, steps alternating in ABBA order over the same batches (as bench_step does)."""
-    from ds2d2_yolo import bench_step
+    """Median s/step per method, steps alternating in ABBA order over the same batches (as step_cost does)."""
+    import step_cost
 
-    opts = {m: bench_step._opt(models[m]) for m in BENCH_METHODS}
+    opts = {m: step_cost._opt(models[m]) for m in BENCH_METHODS}
     times: dict[str, list[float]] = {m: [] for m in BENCH_METHODS}
     for i, b in enumerate(batches):
         b = to_device(b, device)  # once per step index: every method gets the same tensors
@@ -652,12 +655,12 @@ def _interleaved(device: torch.device, prec: str, batches: list[dict], cfg: dict
 
 def _cuda_peak(device, prec, batches, method, cfg, student, teacher) -> tuple[float, float]:
     """Peak allocated CUDA memory (MB) while one method alone runs 4 steps, and what it held before the first."""
-    from ds2d2_yolo import bench_step
+    import step_cost
 
     gc.collect()  # the previous method's models may sit in reference cycles (hooks holding their features)
     torch.cuda.empty_cache()
-    model = bench_step.build(method, student, teacher, cfg["imgsz"], 15).to(device)
-    opt = bench_step._opt(model)
+    model = step_cost.build(method, student, teacher, cfg["imgsz"], 15).to(device)
+    opt = step_cost._opt(model)
     resident = torch.cuda.memory_allocated(device) / 2**20
     torch.cuda.reset_peak_memory_stats(device)
     for b in batches[:4]:
@@ -673,10 +676,8 @@ def section_throughput(device: torch.device, shared: Path, work: Path, deadline:
     Each run trains `THROUGHPUT_EPOCHS` epochs; results.csv's clock gives the steady epoch time, the rest of the wall
     time is the fixed part (start-up, amplifier fit, final validation), and the two extrapolate to a full R1 run.
     """
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from regimes import REGIMES
-
-    from ds2d2_yolo.benchmark import TRACKS, prepare_dota_mini, run_overrides
+    from tracks import TRACKS, prepare_dota_mini, run_overrides
 
     os.environ["DS2D2_SHARED_DATA"] = str(shared / "data")
     data = prepare_dota_mini(work / "dota-mini")["tune"]
@@ -700,7 +701,7 @@ def section_throughput(device: torch.device, shared: Path, work: Path, deadline:
         t = time.perf_counter()
         procs = []
         for seed in range(k):
-            # The overrides run_benchmark gives an R1 run, on the GPU.
+            # The overrides tracks.run_benchmark gives an R1 run, on the GPU.
             teacher = shared / "weights" / "yolov8n-obb-dota.pt"
             overrides = run_overrides(cfg, "ds2d2", seed, epochs, student, data, teacher, work / "throughput" / f"p{k}")
             overrides.update(device=device.index if device.type == "cuda" else "cpu", **REGIMES["r1"]["extra"])
@@ -754,11 +755,11 @@ def section_throughput(device: torch.device, shared: Path, work: Path, deadline:
 
 
 def bench_child(spec: str) -> None:
-    """One benchmark run in this process (`benchmark._run_one`), with the polars fallback the stage may need."""
+    """One track run in this process (`compare.run_one`), with the polars fallback the stage may need."""
     patch_polars_free_results()
-    from ds2d2_yolo.benchmark import _run_one
+    from ds2d2_yolo.tools.compare import run_one
 
-    print(json.dumps(_run_one(json.loads(spec))), flush=True)
+    print(json.dumps(run_one(json.loads(spec))), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

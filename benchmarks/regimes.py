@@ -17,8 +17,9 @@ import statistics
 from pathlib import Path
 
 from ds2d2_yolo.cfg import CFG_DIR
+from tracks import results_folder, run_benchmark
 
-from ds2d2_yolo.benchmark import read_results, results_folder, row_label, run_benchmark
+from ds2d2_yolo.tools.compare import read_results, row_label
 
 REGIMES = {
     "r1": {"epochs": 60, "extra": {"nbs": 16}, "student": None},

@@ -26,6 +26,8 @@ from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from tracks import shared_data
+
 REPO = Path(__file__).resolve().parents[1]
 LIMIT_MB = 64  # the device call's whole working tree, this folder included
 WHEELS = ("ultralytics", "pywavelets", "ultralytics-thop")
@@ -96,7 +98,7 @@ def main() -> None:
     """Stage, then check the whole transfer fits the device call's limit."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(REPO / ".gpu_stage"))
-    p.add_argument("--shared", default=str(REPO.parent / "shared"), help="the real samples and teachers")
+    p.add_argument("--shared", default=str(shared_data().parent), help="the real samples and teachers")
     p.add_argument("--quick", action="store_true", help="dota8 only (enough for gpu_check.py --quick)")
     p.add_argument("--python-version", default="3.12", help="the GPU machine's Python, for PyWavelets' wheel")
     a = p.parse_args()

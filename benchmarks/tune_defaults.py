@@ -1,7 +1,7 @@
 """Choose the DS2D2 defaults on the tuning split, never on the images the benchmark reports.
 
-Each configuration is a set of DS2D2 overrides trained with the benchmark's own protocol (same student, epochs,
-augmentation) on the track's tuning split, with seeds the report grid does not use. Results go to
+Each configuration is a set of DS2D2 overrides trained with the track's own protocol (`tracks.py`: same student,
+epochs, augmentation) on the track's tuning split, with seeds the report grid does not use. Results go to
 `<out>/<track>-tune-<config>/results.jsonl`, so the sweep can be interrupted and continued; the summary
 (`<out>/<track>-tune-summary/`: the merged records, the benchmark's table and plot) pairs every configuration with
 `none` seed by seed, and with each configuration named by `--against` (the current default, say).
@@ -20,7 +20,9 @@ import json
 import shutil
 from pathlib import Path
 
-from ds2d2_yolo.benchmark import read_results, row_label, run_benchmark, write_report
+from tracks import run_benchmark, write_report
+
+from ds2d2_yolo.tools.compare import read_results, row_label
 
 # The magnitude-balanced weights exl 0.1, exh 0.2, imf 0.25, imh 0.1: what cfg/ds2d2.yaml ships (real tuning split).
 BASE = {"lambda_exl": 0.1, "lambda_exh": 0.2, "lambda_imf": 0.25, "lambda_imh": 0.1}

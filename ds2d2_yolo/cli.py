@@ -5,8 +5,9 @@ Modes:
         ... see `cfg/ds2d2.yaml`) are ours; every other key goes to Ultralytics unchanged.
     amplifier: train the high-frequency amplifier of a teacher once and write `amplifier.pt` (reuse it with
         `amplifier=` in later runs).
+    compare: train the same student with several methods and seeds on the user's data, then one table and plot.
     val, predict, export, track: passed to Ultralytics' own command unchanged.
-    convert, slice, demo, benchmark, visualize: this package's tools, each with its own keys.
+    convert, slice, demo, visualize, prune, compress: this package's tools, each with its own keys.
 
 Every user mistake (unknown key, bad value, missing teacher/model/data file) is reported as one line on stderr with
 exit code 2 and no traceback, before any model is built or any run folder is created. Nothing here downloads: a
@@ -35,7 +36,7 @@ OWN_MODES = (
     "prune",
     "compress",
     "demo",
-    "benchmark",
+    "compare",
     "convert",
     "slice",
     "visualize",
@@ -92,15 +93,18 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "name": (None, str, None),
     },
     "demo": {"out": ("runs/ds2d2-demo", str, None), "epochs": (None, int, None), "seed": (0, int, None)},
-    "benchmark": {
-        "track": ("synthetic", str, ("synthetic", "dota")),
-        "out": ("runs/ds2d2-benchmark", str, None),
-        "seeds": (3, int, None),
-        "epochs": (None, int, None),
-        "methods": (None, str, None),
-        "split": ("report", str, ("report", "tune")),
-        "tag": ("", str, None),
-        "against": ("", str, None),
+    # Its own keys only: every other key is a training key, checked as train checks it and given to every run.
+    "compare": {
+        "model": (None, str, None),
+        "data": (None, str, None),
+        "teacher": (None, str, None),
+        "methods": ("none,ds2d2", str, None),
+        "seeds": (3, None, None),  # a count or the seeds themselves: compare.seed_list reads both
+        "epochs": (100, int, None),
+        "val_every": (0, int, None),
+        "project": (None, str, None),
+        "name": (None, str, None),
+        "exist_ok": (False, bool, None),
     },
     "prune": {
         "model": (None, str, None),
@@ -144,6 +148,7 @@ REQUIRED_KEYS = {
     "visualize": ("model", "teacher", "source"),
     "prune": ("model",),
     "compress": ("model", "data"),
+    "compare": ("model", "data"),
 }
 
 MODE_HELP = {
@@ -155,10 +160,26 @@ MODE_HELP = {
     "prune": "prune a trained detect/OBB .pt with Torch-Pruning: model=... ratio=0.5 importance=l2 (data= for mAP)",
     "compress": "prune -> distil -> FP32/INT8 export -> validate: model=... data=... ratio=0.5 distill=ds2d2 epochs=",
     "demo": "offline end-to-end demo on generated aerial data (ds2d2 vs none)",
-    "benchmark": "compare none/native/cwd/mgd/ds2d2 with identical settings (track=synthetic|dota)",
+    "compare": "train one student with each of methods= for each of seeds= on your data; table.md, plot.png",
     "val predict export track": "passed to Ultralytics unchanged (model=... required; nothing is downloaded)",
     "help, version": "this text; the package and Ultralytics versions",
 }
+
+# Modes this command no longer has (Ultralytics' own `benchmark` is export-format speed, not a method comparison).
+RETIRED_MODES = {
+    "benchmark": "'benchmark' is not a ds2d2-yolo mode: compare methods on your own data with 'ds2d2-yolo compare' "
+    "(see 'ds2d2-yolo compare help'); the DOTA-mini and synthetic research tracks live in the repository's "
+    "benchmarks/ folder (python benchmarks/tracks.py)",
+}
+COMPARE_NOTES = [
+    "",
+    "Every other key is a training key (Ultralytics' or DS2D2's, as 'ds2d2-yolo train help' lists them), the same for",
+    "every run; methods= and seeds= set distill= and seed= per run. A task may come first: ds2d2-yolo obb compare ...",
+    "seeds=3 runs seeds 0, 1, 2; seeds=0,3 runs those two. val_every=N also validates every N epochs and each of the",
+    "last 5 (the records' curve and last-5 means). Writes runs/<task>/compare (compare-2, ...): results.jsonl,",
+    "table.md, plot.png, one run folder and log per method and seed. Rerun with exist_ok=True into the same folder to",
+    "continue it: runs already recorded with the same settings are skipped.",
+]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -249,6 +270,14 @@ def mode_usage(mode: str) -> str:
         for k, (d, _, choices) in SUBCOMMAND_KEYS[mode].items():
             note = "required" if k in required else (" | ".join(choices) if choices else "")
             lines.append(f"  {k + '=' + _fmt(d):<25} {note}".rstrip())
+        if mode == "compare":
+            from ds2d2_yolo.tools.compare import METHODS  # imports Ultralytics: only for this mode's help
+
+            lines += [*COMPARE_NOTES, f"methods= rows: {', '.join(METHODS)}", "", "Example:"]
+            lines.append(
+                "  ds2d2-yolo compare model=student-obb.yaml data=DOTAv1.yaml teacher=teacher.pt methods=none,ds2d2 "
+                "seeds=3 epochs=50 imgsz=1024"
+            )
     elif mode in PASS_MODES:
         lines += [
             f"Usage: ds2d2-yolo [task] {mode} model=... key=value ...",
@@ -326,6 +355,8 @@ def parse(argv: list[str]) -> tuple[str | None, str, dict[str, Any], dict[str, s
             mode = a
         elif a in bool_keys:
             kv[a], raw[a] = True, "True"
+        elif a in RETIRED_MODES:
+            raise UsageError(RETIRED_MODES[a])
         else:
             modes = ", ".join(OWN_MODES + PASS_MODES)
             raise UsageError(f"unknown argument '{a}'; expected [task] mode key=value ..., modes: {modes}")
@@ -569,18 +600,6 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
         if not Path(args["source"]).is_file():
             raise UsageError(f"slice: source image '{args['source']}' not found")
         from ds2d2_yolo.tools.sliced import run_slice as fn
-    elif mode == "benchmark":
-        from ds2d2_yolo.benchmark import METHODS, check_against, method_names, results_folder
-        from ds2d2_yolo.benchmark import run_benchmark as fn
-
-        names = method_names(args["methods"])
-        bad = [m for m in names if m and m not in METHODS]
-        if bad:
-            raise UsageError(f"'methods={args['methods']}': '{bad[0]}' is unknown; choose from {', '.join(METHODS)}")
-        with user_errors(ValueError):
-            check_against(
-                results_folder(args["out"], args["track"], args["split"], args["tag"]), names, args["against"]
-            )
     elif mode in ("prune", "compress"):
         if args["data"]:
             args["data"] = resolve_data(args["data"])
@@ -607,6 +626,34 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
     call: Callable[..., Any] = fn
     with user_errors(*errors):
         call(**args)
+
+
+def _compare(task: str | None, kv: dict[str, Any]) -> None:
+    """Compare methods on the user's data; every mistake that can be known then fails before the run folder exists."""
+    if task and task not in DISTIL_TASKS:
+        raise UsageError(f"task '{task}' is not supported by compare; DS2D2 distils {' and '.join(DISTIL_TASKS)}")
+    kv = _load_cfg_file(kv)
+    if "methods" in kv and kv["methods"] is None:
+        kv["methods"] = "none"  # Ultralytics' value typing reads methods=none as None
+    spec = SUBCOMMAND_KEYS["compare"]
+    own = _own_keys("compare", {k: v for k, v in kv.items() if k in spec})
+    train = {k: v for k, v in kv.items() if k not in spec}
+    ul, mine = split_overrides(train)
+    _check_ultralytics_keys(ul)
+    own["data"] = resolve_data(own["data"])
+    _check_model(own["model"], "compare")
+    _check_data(own["data"])
+    if own["teacher"]:
+        _check_file("teacher", own["teacher"])
+        if not str(own["teacher"]).endswith(".pt"):
+            raise UsageError(f"teacher '{own['teacher']}' is not a .pt checkpoint; pass a trained Ultralytics .pt")
+    _check_file("amplifier", mine.get("amplifier"))
+    from ds2d2_yolo.tools.compare import plan_compare, run_plan
+
+    with user_errors(ValueError):
+        plan = plan_compare(**own, task=task, **train)
+    with user_errors():
+        run_plan(plan)
 
 
 def run(argv: list[str]) -> int:
@@ -636,6 +683,8 @@ def run(argv: list[str]) -> int:
         _amplifier(task, kv)
     elif mode in PASS_MODES:
         _pass_through(task, mode, kv, raw)
+    elif mode == "compare":
+        _compare(task, kv)
     else:
         if task:
             raise UsageError(f"'{mode}' takes no task; write ds2d2-yolo {mode} key=value ...")

@@ -1,4 +1,5 @@
-"""Training-step cost benchmark: every requested method gets a timed row, and bad method lists stop early."""
+"""Training-step cost (benchmarks/step_cost.py): every requested method gets a timed row, bad method lists stop
+early."""
 
 from __future__ import annotations
 
@@ -6,16 +7,15 @@ import json
 import time
 
 import pytest
+import step_cost
 import torch
-
-from ds2d2_yolo import bench_step
 
 
 def test_bench_step_rows_per_method(tiny_models, synth_obb, capsys):
     """A tiny interleaved run prints one row per method, native at 1.00x, and a JSON record with finite numbers."""
     methods = ["native", "ds2d2-explicit"]
     t0 = time.perf_counter()
-    bench_step.main(
+    step_cost.main(
         [
             "--data", str(synth_obb),
             "--teacher", str(tiny_models["obb_teacher"]),
@@ -41,10 +41,10 @@ def test_bench_step_models_follow_the_method(tiny_models):
     """The explicit-only ablation carries no amplifier; full DS2D2 does; CWD is a CWD wrapper; `@nchw` keeps the
     frozen modules in the default layout that the wrapper otherwise turns channels-last."""
     args = (str(tiny_models["obb_student"]), str(tiny_models["obb_teacher"]), 64, 3)
-    assert bench_step.build("ds2d2-explicit", *args).amplifier is None
-    assert bench_step.build("ds2d2", *args).amplifier is not None
-    assert bench_step.build("cwd", *args).method == "cwd"
-    full, nchw = bench_step.build("ds2d2", *args), bench_step.build("ds2d2@nchw", *args)
+    assert step_cost.build("ds2d2-explicit", *args).amplifier is None
+    assert step_cost.build("ds2d2", *args).amplifier is not None
+    assert step_cost.build("cwd", *args).method == "cwd"
+    full, nchw = step_cost.build("ds2d2", *args), step_cost.build("ds2d2@nchw", *args)
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(full))
     assert all(w.is_contiguous() for w in _conv_weights(nchw))
     assert not all(w.is_contiguous() for w in _conv_weights(full))  # the two layouts really differ
@@ -66,5 +66,5 @@ def _conv_weights(model):
 def test_bench_step_bad_methods(methods, msg, capsys):
     """Unknown methods or a list without the reference exit with a one-line message before loading anything."""
     with pytest.raises(SystemExit):
-        bench_step.main(["--data", "missing.yaml", "--teacher", "missing.pt", "--methods", methods])
+        step_cost.main(["--data", "missing.yaml", "--teacher", "missing.pt", "--methods", methods])
     assert msg in capsys.readouterr().err

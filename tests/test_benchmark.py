@@ -1,4 +1,5 @@
-"""Benchmark harness: the table's statistics against an independent computation, resumable grids, tuning folders."""
+"""Research tracks (benchmarks/tracks.py on ds2d2_yolo.tools.compare): the table's statistics against an independent
+computation, resumable grids, tuning folders."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+import tracks
+import tune_defaults
 
-from ds2d2_yolo import benchmark
 from ds2d2_yolo.config import DS2D2ArgError, defaults
+from ds2d2_yolo.tools import compare
 
 
 def _record(method: str, seed: int, m50: float, m95: float, step: float = 1.0, rss: float = 100.0) -> dict:
@@ -42,7 +45,7 @@ def test_write_report_statistics(tmp_path):
     rows += [_record("ds2d2-db2", 0, 0.5, 0.25)]
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "teacher.json").write_text(json.dumps({"mAP50": 0.8, "mAP50-95": 0.5}))
-    table = benchmark.write_report(tmp_path, "synthetic", "report").read_text()
+    table = tracks.write_report(tmp_path, "synthetic", "report").read_text()
 
     assert table.index("| none |") < table.index("| ds2d2 |")
     r = _row(table, "ds2d2")
@@ -65,7 +68,7 @@ def test_write_report_per_seed_and_paired(tmp_path):
     rows = [_record("none", s, v, v / 2) for s, v in none.items()]
     rows += [_record("cwd", s, v, v / 4) for s, v in cwd.items()]
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    table = benchmark.write_report(tmp_path, "dota", "report").read_text()
+    table = tracks.write_report(tmp_path, "dota", "report").read_text()
 
     seed0 = next(x for x in table.splitlines() if x.startswith("| 0 |"))
     assert seed0 == "| 0 | 0.200 (0.100) | — |"
@@ -87,7 +90,7 @@ def test_write_report_separates_config_tags(tmp_path):
     rows += [{**_record("ds2d2", s, v - 0.05, v / 2), "config": "x3"} for s, v in enumerate(none)]
     rows += [_record("cwd", 0, 0.4, 0.2)]
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    table = benchmark.write_report(tmp_path, "dota", "report").read_text()
+    table = tracks.write_report(tmp_path, "dota", "report").read_text()
 
     assert table.index("| none |") < table.index("| cwd |") < table.index("| ds2d2 (x1) |")
     assert table.index("| ds2d2 (x1) |") < table.index("| ds2d2 (x3) |")
@@ -104,10 +107,10 @@ def test_write_report_pairs_against_a_chosen_row(tmp_path):
     rows += [{**_record("ds2d2", s, v, v / 3), "config": "x3"} for s, v in enumerate(x3)]
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(ValueError, match=r"against='ds2d2 \(x7\)' has no runs"):
-        benchmark.write_report(tmp_path, "dota", "tune", against=["ds2d2 (x7)"])
+        tracks.write_report(tmp_path, "dota", "tune", against=["ds2d2 (x7)"])
     assert not (tmp_path / "table.md").exists()
 
-    table = benchmark.write_report(tmp_path, "dota", "tune", against=["ds2d2 (x1)"]).read_text()
+    table = tracks.write_report(tmp_path, "dota", "tune", against=["ds2d2 (x1)"]).read_text()
     ref_table = table[table.index("Difference to `ds2d2 (x1)`") :]
     assert "| method | paired seeds | mAP50 − ds2d2 (x1) | mAP50-95 − ds2d2 (x1) |" in ref_table
     assert "| ds2d2 (x1) |" not in ref_table  # a row is not paired with itself
@@ -130,26 +133,26 @@ def test_write_report_ignores_nan_runs(tmp_path):
     """A run whose metric is NaN does not poison the mean of the others."""
     rows = [_record("none", 0, 0.2, 0.1), _record("none", 1, float("nan"), float("nan")), _record("none", 2, 0.4, 0.2)]
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    table = benchmark.write_report(tmp_path, "dota", "tune").read_text()
+    table = tracks.write_report(tmp_path, "dota", "tune").read_text()
     assert _row(table, "none")[2] == f"0.300 ± {statistics.stdev([0.2, 0.4]):.3f}"
 
 
 def test_run_benchmark_rejects_bad_input_first(tmp_path):
     with pytest.raises(ValueError, match="method 'bogus' is unknown"):
-        benchmark.run_benchmark("synthetic", tmp_path, methods="none,bogus")
+        tracks.run_benchmark("synthetic", tmp_path, methods="none,bogus")
     with pytest.raises(ValueError, match="track 'coco' is unknown"):
-        benchmark.run_benchmark("coco", tmp_path)
+        tracks.run_benchmark("coco", tmp_path)
     with pytest.raises(DS2D2ArgError, match="'beta=-1' must be finite and >= 0"):
-        benchmark.run_benchmark("synthetic", tmp_path, methods="ds2d2", extra={"beta": -1})
+        tracks.run_benchmark("synthetic", tmp_path, methods="ds2d2", extra={"beta": -1})
     with pytest.raises(ValueError, match="against='cwd' is not a row of this benchmark; choose from none"):
-        benchmark.run_benchmark("synthetic", tmp_path, methods="none", against="cwd")
+        tracks.run_benchmark("synthetic", tmp_path, methods="none", against="cwd")
     assert not any(tmp_path.iterdir())
 
 
 def test_run_benchmark_pairs_against_rows_that_finished(tmp_path, monkeypatch, capsys):
     """`against` adds the paired table for a row that ran; a row whose every run failed is named and left out."""
-    monkeypatch.setattr(benchmark, "prepare_synthetic", lambda out, imgsz: {"report": "d.yaml", "teacher": "t.pt"})
-    monkeypatch.setattr(benchmark, "teacher_map", lambda *a: {"mAP50": 0.9, "mAP50-95": 0.6})
+    monkeypatch.setattr(tracks, "prepare_synthetic", lambda out, imgsz: {"report": "d.yaml", "teacher": "t.pt"})
+    monkeypatch.setattr(tracks, "teacher_map", lambda *a: {"mAP50": 0.9, "mAP50-95": 0.6})
     score = {("none", 0): 0.20, ("none", 1): 0.30, ("cwd", 0): 0.25, ("cwd", 1): 0.26}
 
     def child(cmd, **kw):  # stands in for the training subprocess: `mgd` fails, the others print their record
@@ -161,8 +164,8 @@ def test_run_benchmark_pairs_against_rows_that_finished(tmp_path, monkeypatch, c
         rec |= {"peak_rss_mb": 1.0, "epochs": spec["overrides"]["epochs"], "args": {}}
         return subprocess.CompletedProcess(cmd, 0, json.dumps(rec) + "\n", "")
 
-    monkeypatch.setattr(benchmark.subprocess, "run", child)
-    table = benchmark.run_benchmark("synthetic", tmp_path, seeds=2, methods="none,cwd,mgd", against="cwd,mgd")
+    monkeypatch.setattr(compare.subprocess, "run", child)
+    table = tracks.run_benchmark("synthetic", tmp_path, seeds=2, methods="none,cwd,mgd", against="cwd,mgd")
     text = table.read_text()
     assert "against='mgd' has no finished runs" in capsys.readouterr().out
     assert "Difference to `mgd`" not in text and "Difference to `none`" in text
@@ -175,17 +178,17 @@ def test_run_benchmark_pairs_against_rows_that_finished(tmp_path, monkeypatch, c
 def test_run_benchmark_grid_resumes_and_tags(tmp_path, monkeypatch, synth_obb, tiny_models):
     """Real child runs write one record each, into the tagged tuning folder; a rerun trains nothing new."""
     monkeypatch.setitem(
-        benchmark.TRACKS,
+        tracks.TRACKS,
         "synthetic",
         {"imgsz": 64, "batch": 4, "epochs": 1, "optimizer": "AdamW", "lr0": 0.005, "width": 0.0625, "mosaic": 0.0},
     )
     monkeypatch.setattr(
-        benchmark,
+        tracks,
         "prepare_synthetic",
         lambda out, imgsz: {"report": synth_obb, "tune": synth_obb, "teacher": tiny_models["obb_teacher"]},
     )
     kw = dict(seeds=[7], methods="none,ds2d2", split="tune", extra={"amp_epochs": 1}, tag="trial")
-    table = benchmark.run_benchmark("synthetic", tmp_path, **kw).read_text()
+    table = tracks.run_benchmark("synthetic", tmp_path, **kw).read_text()
     folder = tmp_path / "synthetic-tune-trial"
     recs = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
     assert [(r["method"], r["seed"], r["epochs"]) for r in recs] == [("none", 7, 1), ("ds2d2", 7, 1)]
@@ -199,39 +202,39 @@ def test_run_benchmark_grid_resumes_and_tags(tmp_path, monkeypatch, synth_obb, t
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(benchmark.subprocess, "run", no_training)
-    assert benchmark.run_benchmark("synthetic", tmp_path, **kw).read_text() == table
+    monkeypatch.setattr(compare.subprocess, "run", no_training)
+    assert tracks.run_benchmark("synthetic", tmp_path, **kw).read_text() == table
     # Other DS2D2 weights are another run: `none` (which ignores them) is still done, DS2D2 trains again.
     kw["extra"] = {"amp_epochs": 1, "lambda_exl": 0.7}
     with pytest.raises(AssertionError, match="trained again"):
-        benchmark.run_benchmark("synthetic", tmp_path, **kw)
+        tracks.run_benchmark("synthetic", tmp_path, **kw)
 
 
 def test_is_done_compares_the_settings_that_matter():
     """A record is the planned run only with the same method, seed, epochs and method settings."""
-    shipped = benchmark.record_args(defaults() | {"distill": "ds2d2"})
+    shipped = compare.record_args(defaults() | {"distill": "ds2d2"})
     rec = {"method": "ds2d2", "seed": 0, "epochs": 100, "args": shipped}
-    assert benchmark.is_done(rec, "ds2d2", 0, 100, dict(shipped))
-    assert not benchmark.is_done(rec, "ds2d2", 1, 100, shipped)
-    assert not benchmark.is_done(rec, "ds2d2", 0, 50, shipped)
-    assert not benchmark.is_done(rec, "ds2d2", 0, 100, shipped | {"lambda_exl": 3 * shipped["lambda_exl"]})
-    assert benchmark.is_done(rec, "ds2d2", 0, 100, shipped | {"mgd_alpha": 1.0})  # another method's key
-    none = benchmark.record_args(defaults() | {"distill": "none"})
+    assert compare.is_done(rec, "ds2d2", 0, 100, dict(shipped))
+    assert not compare.is_done(rec, "ds2d2", 1, 100, shipped)
+    assert not compare.is_done(rec, "ds2d2", 0, 50, shipped)
+    assert not compare.is_done(rec, "ds2d2", 0, 100, shipped | {"lambda_exl": 3 * shipped["lambda_exl"]})
+    assert compare.is_done(rec, "ds2d2", 0, 100, shipped | {"mgd_alpha": 1.0})  # another method's key
+    none = compare.record_args(defaults() | {"distill": "none"})
     rec_none = {"method": "none", "seed": 0, "epochs": 100, "args": none}
-    assert benchmark.is_done(rec_none, "none", 0, 100, none | {"lambda_imf": 9.0, "beta": 2.0})
-    cwd = benchmark.record_args(defaults() | {"distill": "cwd"})
+    assert compare.is_done(rec_none, "none", 0, 100, none | {"lambda_imf": 9.0, "beta": 2.0})
+    cwd = compare.record_args(defaults() | {"distill": "cwd"})
     rec_cwd = {"method": "cwd", "seed": 0, "epochs": 100, "args": cwd}
-    assert not benchmark.is_done(rec_cwd, "cwd", 0, 100, cwd | {"cwd_tau": 4.0})
+    assert not compare.is_done(rec_cwd, "cwd", 0, 100, cwd | {"cwd_tau": 4.0})
     # Records from before `args`: untagged ones ran their folder's settings; tagged ones from a merge cannot say.
     legacy = {"method": "ds2d2", "seed": 0, "epochs": 100}
-    assert benchmark.is_done(legacy, "ds2d2", 0, 100, shipped)
-    assert not benchmark.is_done(legacy | {"config": "x3"}, "ds2d2", 0, 100, shipped)
+    assert compare.is_done(legacy, "ds2d2", 0, 100, shipped)
+    assert not compare.is_done(legacy | {"config": "x3"}, "ds2d2", 0, 100, shipped)
 
 
 def test_write_report_without_runs_says_so(tmp_path):
     """A grid whose runs all failed gets a sentence pointing at the logs, not an empty table."""
     (tmp_path / "results.jsonl").write_text("")
-    text = benchmark.write_report(tmp_path, "synthetic", "tune").read_text()
+    text = tracks.write_report(tmp_path, "synthetic", "tune").read_text()
     assert text.startswith("No finished runs") and str(tmp_path / "runs") in text and "|" not in text
 
 
@@ -240,18 +243,11 @@ def test_write_report_gap_undefined_when_teacher_equals_none(tmp_path):
     rows = [_record("none", 0, 0.0, 0.0), _record("ds2d2", 0, 0.0, 0.0)]
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "teacher.json").write_text(json.dumps({"mAP50": 0.0, "mAP50-95": 0.0}))
-    assert _row(benchmark.write_report(tmp_path, "synthetic", "tune").read_text(), "ds2d2")[4] == "—"
+    assert _row(tracks.write_report(tmp_path, "synthetic", "tune").read_text(), "ds2d2")[4] == "—"
 
 
 def test_tuning_summary_pairs_seeds(tmp_path):
     """The sweep gathers each configuration into its own row, paired with `none` only over seeds both have."""
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("tune_defaults", REPO / "benchmarks" / "tune_defaults.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     runs = {"none": {3: 0.30, 4: 0.40}, "x3": {3: 0.35, 4: 0.38, 5: 0.50}}
     for name, by_seed in runs.items():
         folder = tmp_path / f"synthetic-tune-{name}"
@@ -260,7 +256,7 @@ def test_tuning_summary_pairs_seeds(tmp_path):
         lines = [json.dumps(_record(method, s, v, v / 2)) for s, v in by_seed.items()]
         (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "synthetic-tune-x3" / "teacher.json").write_text(json.dumps({"mAP50": 0.8, "mAP50-95": 0.5}))
-    table = mod.summary(tmp_path, "synthetic", list(mod.CONFIGS))
+    table = tune_defaults.summary(tmp_path, "synthetic", list(tune_defaults.CONFIGS))
     row = _row(table, "ds2d2 (x3)")
     assert row[1] == "3,4,5"
     assert row[2] == f"{np.mean([0.35, 0.38, 0.50]):.3f} ± {np.std([0.35, 0.38, 0.50], ddof=1):.3f}"
@@ -278,5 +274,5 @@ def test_tuning_summary_pairs_seeds(tmp_path):
     ]
     assert (tmp_path / "synthetic-tune-summary" / "plot.png").exists()
 
-    table = mod.summary(tmp_path, "synthetic", list(mod.CONFIGS), against=["x3"])
+    table = tune_defaults.summary(tmp_path, "synthetic", list(tune_defaults.CONFIGS), against=["x3"])
     assert _paired(table, "none")[1:3] == ["3,4", f"{-d50.mean():+.3f} ± {d50.std(ddof=1):.3f}"]

@@ -22,7 +22,7 @@ from ds2d2_yolo.cfg import CFG_DIR
 from ds2d2_yolo.cli import UsageError, entrypoint, resolve_data, usage, user_errors
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
-EXAMPLES = ("distill_dota_obb.py", "distill_dior_detect.py", "export_onnx.py", "compare_methods.py")
+EXAMPLES = ("distill_dota_obb.py", "distill_dior_detect.py", "export_onnx.py")
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -197,9 +197,9 @@ def _mistakes(m: dict[str, Path], data: Path, project: Path) -> list[tuple[list[
         (["convert", "src=.", "dst=out", "size=3"], ("'size'", "format, src, dst")),
         (["convert", "src=."], ("dst=",)),
         (["convert", "src=no_such_dir", "dst=out"], ("no_such_dir", "not found")),
-        (["benchmark", "split=val"], ("split=val", "report, tune")),
-        (["benchmark", "methods=none,kd"], ("'kd' is unknown", "ds2d2")),
-        (["benchmark", "methods=none,cwd", "against=mgd"], ("against='mgd'", "cwd, none")),
+        (["benchmark", "track=dota"], ("ds2d2-yolo compare", "benchmarks/")),
+        (["obb", "compare", *base, "methods=none,kd"], ("'kd' is unknown", "ds2d2")),
+        (["compare", *base[1:]], ("model=",)),
     ]
 
 

@@ -57,7 +57,8 @@ class DS2D2Model(nn.Module):
         for m in (teacher, amplifier):
             if m is not None:
                 # The frozen modules only infer and pass input gradients: channels-last convolutions do the same
-                # maths (to float rounding) and took 8 % off a DS2D2 step on CPU (bench_step's `@nchw` rows).
+                # maths (to float rounding) and took 8 % off a DS2D2 step on CPU (the step-cost benchmark's `@nchw`
+                # rows).
                 m.to(memory_format=torch.channels_last)
         self._hide("teacher", teacher)
         self._hide("amplifier", amplifier)

@@ -10,7 +10,8 @@
 4. print and write a markdown table (`out/demo.md`) and a plot (`out/demo.png`).
 
 One short run on one seed shows that the pipeline works end to end; it is not evidence that one method beats
-another. `ds2d2-yolo benchmark` runs the controlled comparison (several seeds, held-out data; docs/results.md).
+another. `ds2d2-yolo compare` runs the controlled comparison on your own data (several seeds, paired by seed), and
+docs/results.md reports the research tracks' results on held-out data.
 
 Examples:
     >>> from ds2d2_yolo.tools.demo import run_demo
@@ -31,7 +32,8 @@ from ds2d2_yolo.methods import REGISTRY
 
 DISCLAIMER = (
     "A short run on one seed demonstrates the pipeline; it is not evidence that one method beats another. "
-    "See `ds2d2-yolo benchmark` and docs/results.md for the controlled comparison (several seeds, held-out data)."
+    "See `ds2d2-yolo compare` for the controlled comparison (several seeds, paired by seed) and docs/results.md "
+    "for the measured results (held-out data)."
 )
 LOSS_COLUMNS = REGISTRY["ds2d2"].loss_names
 METHODS = ("none", "ds2d2")

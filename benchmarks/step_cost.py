@@ -5,12 +5,12 @@ real batches; their steps alternate (ABBA order) so machine load drifts hit both
 per method in child processes (one method each, run alternately): the peak-RSS mark is reset after the models and
 batches are built, so the figure is the peak while training steps run.
 
-    python -m ds2d2_yolo.bench_step --data runs/bench/report.yaml --teacher ../shared/weights/yolov8n-obb-dota.pt
+    python benchmarks/step_cost.py --data runs/bench/report.yaml --teacher ../shared/weights/yolov8n-obb-dota.pt
 
-`--methods` adds the benchmark's other methods (cwd, mgd, the DS2D2 ablations) as rows, which shows what each
-DS2D2 stream costs: `ds2d2-explicit` runs no head passes, `ds2d2-implicit` no DWT losses. A `@nchw` suffix (e.g.
-`ds2d2@nchw`) runs a method with its frozen teacher and amplifier in PyTorch's default layout instead of the
-channels-last one the wrapper stores them in, which shows what that layout saves.
+`--methods` adds the comparison's other rows (`ds2d2_yolo.tools.compare.METHODS`: cwd, mgd, the DS2D2 ablations),
+which shows what each DS2D2 stream costs: `ds2d2-explicit` runs no head passes, `ds2d2-implicit` no DWT losses. A
+`@nchw` suffix (e.g. `ds2d2@nchw`) runs a method with its frozen teacher and amplifier in PyTorch's default layout
+instead of the channels-last one the wrapper stores them in, which shows what that layout saves.
 """
 
 from __future__ import annotations
@@ -26,15 +26,24 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
+from ultralytics.cfg import get_cfg
+from ultralytics.data import build_dataloader, build_yolo_dataset
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.nn.distill_model import DistillationModel
+from ultralytics.nn.tasks import OBBModel
+
+from ds2d2_yolo.config import check_args
+from ds2d2_yolo.integration.hooks import detection_head
+from ds2d2_yolo.integration.teacher import load_teacher
+from ds2d2_yolo.integration.wrapper import DS2D2Model
+from ds2d2_yolo.tools.compare import METHODS
+from ds2d2_yolo.tools.models import scaled_model_yaml
 
 NCHW = "@nchw"  # method suffix: the frozen modules in the default memory layout
 
 
 def _batches(data: str, imgsz: int, batch: int, n: int) -> list[dict]:
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_dataloader, build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
-
+    """`n` training batches of the data's train split (cycled over a small split), images as floats in [0, 1]."""
     args = get_cfg(overrides=dict(imgsz=imgsz, task="obb"))
     d = check_det_dataset(data)
     ds = build_yolo_dataset(args, d["train"], batch, d, mode="train", stride=32)
@@ -49,9 +58,7 @@ def _batches(data: str, imgsz: int, batch: int, n: int) -> list[dict]:
 
 
 def check_methods(methods: str) -> list[str]:
-    """Split a comma-separated method list and check it names benchmark methods, native among them."""
-    from ds2d2_yolo.benchmark import METHODS
-
+    """Split a comma-separated method list and check it names comparison rows, native among them."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in names if m.removesuffix(NCHW) not in METHODS]
     if bad:
@@ -65,23 +72,13 @@ def check_methods(methods: str) -> list[str]:
 
 
 def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> torch.nn.Module:
-    """A training-mode wrapper for a benchmark method ("native", "none", "cwd", "ds2d2", ...) on a seeded student."""
+    """A training-mode wrapper for a comparison row ("native", "none", "cwd", "ds2d2", ...) on a seeded student."""
     if method.endswith(NCHW):
         model = build(method.removesuffix(NCHW), student_yaml, teacher, imgsz, nc)
         for m in (model.teacher, model.amplifier):
             if m is not None:
                 m.to(memory_format=torch.contiguous_format)
         return model
-    from ultralytics.cfg import get_cfg
-    from ultralytics.nn.distill_model import DistillationModel
-    from ultralytics.nn.tasks import OBBModel
-
-    from ds2d2_yolo.benchmark import METHODS
-    from ds2d2_yolo.config import check_args
-    from ds2d2_yolo.integration.hooks import detection_head
-    from ds2d2_yolo.integration.teacher import load_teacher
-    from ds2d2_yolo.integration.wrapper import DS2D2Model
-
     torch.manual_seed(0)
     student = OBBModel(student_yaml, nc=nc, verbose=False)
     student.args = get_cfg(overrides=dict(imgsz=imgsz, task="obb"))
@@ -100,9 +97,12 @@ def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> 
 
 
 def step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict) -> float:
-    """One forward/backward/optimizer step; returns its wall time."""
+    """One forward/backward/optimizer step; returns its wall time.
+
+    A plain student, Ultralytics' DistillationModel and `DS2D2Model` all take a training batch in `loss()`.
+    """
     t = time.perf_counter()
-    loss, _ = model.loss(batch) if not hasattr(model, "student_model") else model(batch)
+    loss, _ = model.loss(batch)
     loss.sum().backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -110,6 +110,7 @@ def step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict) -> flo
 
 
 def _opt(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The same plain SGD for every method, over what each one trains."""
     return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
 
@@ -130,7 +131,7 @@ def interleaved(methods: list[str], a: argparse.Namespace) -> dict[str, list[flo
 
 def peak_rss(method: str, a: argparse.Namespace) -> float:
     """Peak RSS (MB) of a child process that builds `method` and runs a few steps."""
-    cmd = [sys.executable, "-m", "ds2d2_yolo.bench_step", "--child", method] + _argv(a)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method] + _argv(a)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     return float(out)
 
@@ -155,6 +156,7 @@ def _peak_mb() -> float:
 
 
 def _argv(a: argparse.Namespace) -> list[str]:
+    """The command-line words that rebuild `a` in a child process."""
     return [
         "--data",
         a.data,
@@ -179,8 +181,6 @@ def _argv(a: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Print the step-time and peak-memory table."""
-    from ds2d2_yolo.tools.models import scaled_model_yaml
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--teacher", required=True)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--methods", default="native,ds2d2,none", help="comma-separated benchmark methods, native included")
+    p.add_argument("--methods", default="native,ds2d2,none", help="comma-separated comparison rows, native included")
     p.add_argument("--child", default=None)
     a = p.parse_args(argv)
     try:

@@ -1,6 +1,6 @@
 """Micro-benchmark of the spectral core: DISW against per-box loops, DWT2d against pytorch_wavelets.
 
-Run `python -m ds2d2_yolo.bench_core`; it prints a markdown table (median of repeated timings after warm-up, with
+Run `python benchmarks/core_speed.py`; it prints a markdown table (median of repeated timings after warm-up, with
 torch's default thread count). pytorch_wavelets is optional (`pip install -e '.[bench]'`).
 """
 

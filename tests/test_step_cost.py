@@ -11,7 +11,7 @@ import step_cost
 import torch
 
 
-def test_bench_step_rows_per_method(tiny_models, synth_obb, capsys):
+def test_step_cost_rows_per_method(tiny_models, synth_obb, capsys):
     """A tiny interleaved run prints one row per method, native at 1.00x, and a JSON record with finite numbers."""
     methods = ["native", "ds2d2-explicit"]
     t0 = time.perf_counter()
@@ -37,7 +37,7 @@ def test_bench_step_rows_per_method(tiny_models, synth_obb, capsys):
     assert "2 timed steps each" in "\n".join(out)
 
 
-def test_bench_step_models_follow_the_method(tiny_models):
+def test_step_cost_models_follow_the_method(tiny_models):
     """The explicit-only ablation carries no amplifier; full DS2D2 does; CWD is a CWD wrapper; `@nchw` keeps the
     frozen modules in the default layout that the wrapper otherwise turns channels-last."""
     args = (str(tiny_models["obb_student"]), str(tiny_models["obb_teacher"]), 64, 3)
@@ -63,7 +63,7 @@ def _conv_weights(model):
         ("native@nchw,ds2d2", "'native@nchw': @nchw applies to this package's wrappers only"),
     ],
 )
-def test_bench_step_bad_methods(methods, msg, capsys):
+def test_step_cost_bad_methods(methods, msg, capsys):
     """Unknown methods or a list without the reference exit with a one-line message before loading anything."""
     with pytest.raises(SystemExit):
         step_cost.main(["--data", "missing.yaml", "--teacher", "missing.pt", "--methods", methods])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 # Nothing in this package may reach the network: keep Ultralytics' online checks and downloads off.
@@ -22,7 +23,5 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name: str):
     """Import public names lazily so `import ds2d2_yolo` stays light (no Ultralytics import for the spectral core)."""
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ds2d2_yolo' has no attribute '{name}'")

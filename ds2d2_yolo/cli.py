@@ -20,15 +20,23 @@ file of that name exists in the working directory.
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
+from unittest import mock
 
+import yaml
+
+from ds2d2_yolo import __version__
 from ds2d2_yolo.cfg import CFG_DIR
 from ds2d2_yolo.config import DATASET_YAMLS, DS2D2ArgError, check_args, defaults, resolve_data, split_overrides
+
+# Ultralytics and this package's trainer and tools are imported inside the functions that need them (marked
+# "lazy"): `ds2d2-yolo help`, `version` and one-line usage errors must not pay for them.
 
 OWN_MODES = (
     "train",
@@ -335,7 +343,7 @@ def parse(argv: list[str]) -> tuple[str | None, str, dict[str, Any], dict[str, s
         # Before importing Ultralytics, so help is instant; `ds2d2-yolo train help` asks for one mode's keys.
         topic = next((a for a in words if a in (*OWN_MODES, *PASS_MODES) and a not in ("help", "version")), None)
         return None, "help", ({"topic": topic} if topic else {}), {}
-    from ultralytics.cfg import DEFAULT_CFG_DICT, merge_equals_args, smart_value
+    from ultralytics.cfg import DEFAULT_CFG_DICT, merge_equals_args, smart_value  # lazy: not needed for help
 
     bool_keys = {k for k, v in {**DEFAULT_CFG_DICT, **defaults()}.items() if isinstance(v, bool)}
     task, mode, kv, raw = None, None, {}, {}
@@ -386,13 +394,11 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
 
 def _check_ultralytics_keys(kv: dict[str, Any]) -> None:
     """Reject unknown or mistyped Ultralytics keys in one line, before any model is built."""
-    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
+    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg  # lazy: Ultralytics is heavy
 
     ours = list(defaults())
     unknown = [k for k in kv if k not in DEFAULT_CFG_DICT]
     if unknown:
-        import difflib
-
         k = unknown[0]
         close = difflib.get_close_matches(k, [*DEFAULT_CFG_DICT, *ours], n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -412,6 +418,7 @@ def _check_model(model: Any, mode: str) -> None:
     Raises:
         UsageError: With the fix.
     """
+    # lazy: Ultralytics is heavy
     from ultralytics.utils import SETTINGS
     from ultralytics.utils.checks import check_model_file_from_stem
 
@@ -425,7 +432,7 @@ def _check_model(model: Any, mode: str) -> None:
             hint = ", or a model yaml such as yolov8n-obb.yaml to train from scratch" if mode == "train" else ""
             raise UsageError(f"model file '{model}' not found (nothing is downloaded); pass a local .pt{hint}")
     elif m.endswith((".yaml", ".yml")):
-        from ultralytics.nn.tasks import yaml_model_load
+        from ultralytics.nn.tasks import yaml_model_load  # lazy: Ultralytics is heavy
 
         try:
             yaml_model_load(m)
@@ -441,7 +448,7 @@ def _check_data(data: Any) -> None:
     Raises:
         UsageError: With the fix (for our DIOR/DOTA yamls, the convert command that prepares the images).
     """
-    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.data.utils import check_det_dataset  # lazy: Ultralytics is heavy
 
     if data is None:
         raise UsageError("train needs data=path/to/data.yaml (or data=DOTAv1.yaml / data=DIOR.yaml)")
@@ -470,7 +477,6 @@ def _load_cfg_file(kv: dict[str, Any]) -> dict[str, Any]:
     if kv.get("cfg") is None:
         kv.pop("cfg", None)
         return kv
-    import yaml
 
     path = Path(str(kv.pop("cfg")))
     if not path.is_file():
@@ -552,7 +558,7 @@ def _own_keys(mode: str, kv: dict[str, Any]) -> dict[str, Any]:
 
 def _train(task: str | None, kv: dict[str, Any]) -> None:
     ul, mine = _distil_args("train", task, kv)
-    from ds2d2_yolo.integration.trainer import DS2D2Trainer
+    from ds2d2_yolo.integration.trainer import DS2D2Trainer  # lazy: imports Ultralytics
 
     with user_errors():
         trainer = DS2D2Trainer(overrides={**ul, **mine})
@@ -561,7 +567,7 @@ def _train(task: str | None, kv: dict[str, Any]) -> None:
 
 def _amplifier(task: str | None, kv: dict[str, Any]) -> None:
     ul, mine = _distil_args("amplifier", task, kv)
-    from ds2d2_yolo.integration.trainer import build_amplifier_file
+    from ds2d2_yolo.integration.trainer import build_amplifier_file  # lazy: imports Ultralytics
 
     path = build_amplifier_file({**ul, **mine})
     print(f"amplifier written to {path}; pass amplifier={path} to 'ds2d2-yolo train' with the same teacher")
@@ -578,9 +584,8 @@ def _pass_through(task: str | None, mode: str, kv: dict[str, Any], raw: dict[str
         raise UsageError(f"{mode} needs source=path/to/image_or_folder (Ultralytics' default is a download)")
     if "data" in kv:
         raw["data"] = resolve_data(raw["data"])
-    from unittest import mock
 
-    import ultralytics.cfg
+    import ultralytics.cfg  # lazy: Ultralytics is heavy
 
     # Ultralytics' entrypoint reads its module-level ARGV; a token list keeps values with spaces intact.
     tokens = ["ds2d2-yolo", *([task] if task else []), mode, *(f"{k}={v}" for k, v in raw.items())]
@@ -594,17 +599,18 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
     if mode == "convert":
         if not Path(args["src"]).is_dir():
             raise UsageError(f"convert: src folder '{args['src']}' not found")
-        from ds2d2_yolo.tools.dataprep import run_convert as fn
+        from ds2d2_yolo.tools.dataprep import run_convert as fn  # lazy: each tool imports Ultralytics
     elif mode == "slice":
         _check_model(args["model"], mode)
         if not Path(args["source"]).is_file():
             raise UsageError(f"slice: source image '{args['source']}' not found")
-        from ds2d2_yolo.tools.sliced import run_slice as fn
+        from ds2d2_yolo.tools.sliced import run_slice as fn  # lazy: as above
     elif mode in ("prune", "compress"):
         if args["data"]:
             args["data"] = resolve_data(args["data"])
             _check_data(args["data"])
         with user_errors(ValueError, ImportError):
+            # lazy: as above; inside user_errors, so a missing optional dependency is one line
             if mode == "prune":
                 from ds2d2_yolo.tools.prune import check_prune_args as check
                 from ds2d2_yolo.tools.prune import run_prune as fn
@@ -616,13 +622,13 @@ def _subcommand(mode: str, kv: dict[str, Any]) -> None:
                 errors = (StageError,)
             check(args)
     elif mode == "demo":
-        from ds2d2_yolo.tools.demo import run_demo as fn
+        from ds2d2_yolo.tools.demo import run_demo as fn  # lazy: as above
     else:
         _check_model(args["model"], mode)
         _check_file("teacher", args["teacher"])
         if not Path(args["source"]).is_file():
             raise UsageError(f"visualize: source image '{args['source']}' not found")
-        from ds2d2_yolo.tools.visualize import run_visualize as fn
+        from ds2d2_yolo.tools.visualize import run_visualize as fn  # lazy: as above
     call: Callable[..., Any] = fn
     with user_errors(*errors):
         call(**args)
@@ -648,7 +654,7 @@ def _compare(task: str | None, kv: dict[str, Any]) -> None:
         if not str(own["teacher"]).endswith(".pt"):
             raise UsageError(f"teacher '{own['teacher']}' is not a .pt checkpoint; pass a trained Ultralytics .pt")
     _check_file("amplifier", mine.get("amplifier"))
-    from ds2d2_yolo.tools.compare import plan_compare, run_plan
+    from ds2d2_yolo.tools.compare import plan_compare, run_plan  # lazy: imports Ultralytics
 
     with user_errors(ValueError):
         plan = plan_compare(**own, task=task, **train)
@@ -672,9 +678,7 @@ def run(argv: list[str]) -> int:
     if mode == "help":
         print(usage(kv.get("topic")))
     elif mode == "version":
-        from ultralytics import __version__ as ul_version
-
-        from ds2d2_yolo import __version__
+        from ultralytics import __version__ as ul_version  # lazy: Ultralytics is heavy
 
         print(f"ds2d2-yolo {__version__} (ultralytics {ul_version})")
     elif mode == "train":

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pywt
 import yaml
 
 from ds2d2_yolo.cfg import CFG_DIR
@@ -100,8 +101,6 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
     Raises:
         DS2D2ArgError: On an unknown key or a bad value, with a one-line message naming the fix.
     """
-    import pywt
-
     cfg = defaults()
     for k, v in (args or {}).items():
         if k not in cfg:

@@ -122,7 +122,7 @@ class DiagnosticsLog:
         rows = self.rows() + [r for o in others for r in o.rows()]
         if not rows:
             return None
-        import matplotlib
+        import matplotlib  # the core stays pure torch: plotting is the only thing that needs it
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -37,6 +37,7 @@ class HeadInputHook:
 
 def detection_head(model: nn.Module) -> nn.Module:
     """Return the Detect/OBB head of an Ultralytics detection model (its last layer)."""
+    # lazy: the CLI imports this module at start (config -> methods); help must not load Ultralytics
     from ultralytics.nn.modules.head import Detect
 
     head = model.model[-1]

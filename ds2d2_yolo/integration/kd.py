@@ -19,6 +19,7 @@ def decode_head(head: nn.Module, out: dict[str, torch.Tensor], feats: list[torch
     Returns:
         (torch.Tensor): (B, A, 4) xyxy boxes for Detect, (B, A, 5) xywhr boxes for OBB.
     """
+    # lazy: the CLI imports this module at start (config -> methods); help must not load Ultralytics
     from ultralytics.utils.tal import dist2bbox, dist2rbox, make_anchors
 
     anchors, strides = make_anchors(feats, head.stride, 0.5)  # (A, 2), (A, 1) in grid units

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from ultralytics import YOLO
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths
 from ultralytics.utils import LOGGER, TQDM
 from ultralytics.utils.metrics import batch_probiou, box_iou
@@ -100,8 +101,6 @@ def pseudo_dataset(
     Returns:
         (Path): The data yaml of the merged set (train: merged; val/test: the original splits).
     """
-    from ultralytics import YOLO
-
     info = check_det_dataset(str(data))
     key = hashlib.sha256(
         json.dumps([str(Path(str(data)).resolve()), fingerprint, conf, imgsz], sort_keys=True).encode()

@@ -14,6 +14,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from ultralytics.nn import tasks
+from ultralytics.nn.modules import Conv, Conv2, DWConv, RepConv
+from ultralytics.nn.modules.block import RepVGGDW
+from ultralytics.nn.modules.head import OBB, Detect
+from ultralytics.nn.tasks import guess_model_task, load_checkpoint, torch_safe_load
+from ultralytics.utils import LOGGER
+from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
 from ds2d2_yolo.config import DS2D2ArgError
 from ds2d2_yolo.integration.hooks import detection_head
@@ -56,8 +63,6 @@ def safe_loading() -> Iterator[None]:
     before anything in it runs. Ultralytics reads the flag at call time from `ultralytics.nn.tasks.SAFE_LOAD`, so it is
     switched on for this block only, and the user's other Ultralytics calls keep their own setting.
     """
-    from ultralytics.nn import tasks
-
     if unsafe_load_allowed() or not tasks._SafeLoad.SUPPORTED:  # torch < 2.6 has no restricted load
         yield
         return
@@ -100,8 +105,6 @@ def load_checkpoint_safely(path: str | Path, what: str) -> tuple[nn.Module, dict
     Raises:
         DS2D2ArgError: When the restricted load refuses the file; other load errors propagate unchanged.
     """
-    from ultralytics.nn.tasks import load_checkpoint
-
     try:
         with safe_loading():
             return load_checkpoint(str(path), device="cpu")
@@ -118,8 +121,6 @@ def torch_load_safely(path: str | Path, what: str) -> Any:
     Raises:
         DS2D2ArgError: When the restricted load refuses the file; other load errors propagate unchanged.
     """
-    from ultralytics.nn.tasks import torch_safe_load
-
     try:
         with safe_loading():
             return torch_safe_load(str(path))[0]
@@ -165,10 +166,6 @@ def fuse_frozen(module: nn.Module) -> nn.Module:
     Returns:
         (nn.Module): The same module, fused.
     """
-    from ultralytics.nn.modules import Conv, Conv2, DWConv, RepConv
-    from ultralytics.nn.modules.block import RepVGGDW
-    from ultralytics.utils.torch_utils import fuse_conv_and_bn
-
     for m in module.modules():
         if isinstance(m, (Conv, Conv2, DWConv)) and hasattr(m, "bn"):
             if isinstance(m, Conv2):
@@ -248,9 +245,6 @@ def read_teacher(path: str | Path | None, task: str) -> nn.Module:
     Raises:
         DS2D2ArgError: Missing, unreadable or wrong-task teacher, with a one-line message naming the fix.
     """
-    from ultralytics.nn.tasks import guess_model_task
-    from ultralytics.utils import LOGGER
-
     if path in (None, ""):
         raise DS2D2ArgError("distillation needs a teacher; pass teacher=path/to/teacher.pt (an Ultralytics checkpoint)")
     p = Path(path)
@@ -271,7 +265,6 @@ def read_teacher(path: str | Path | None, task: str) -> nn.Module:
         ) from None
     if not isinstance(model, nn.Module) or not hasattr(model, "model"):
         raise DS2D2ArgError(f"teacher '{path}' holds no Ultralytics model; pass a .pt saved by Ultralytics")
-    from ultralytics.nn.modules.head import OBB, Detect
 
     head = model.model[-1]
     # The head decides: checkpoints written outside a training run may carry a default task="detect" in their args.
@@ -312,8 +305,6 @@ def load_teacher(
     Raises:
         DS2D2ArgError: Missing, unreadable or incompatible teacher, with a one-line message naming the fix.
     """
-    from ultralytics.utils import LOGGER
-
     if model is None:
         model = read_teacher(path, task)
     class_map = class_mapping(getattr(model, "names", {}), data_names)

@@ -23,10 +23,14 @@ from ultralytics.data.utils import check_det_dataset
 from ultralytics.engine import trainer as ultralytics_trainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.nn.tasks import DetectionModel, OBBModel, guess_model_task, yaml_model_load
 from ultralytics.utils import LOCAL_RANK, LOGGER, RANK, TQDM
+from ultralytics.utils.files import get_latest_run
 from ultralytics.utils.patches import torch_load
 from ultralytics.utils.torch_utils import (
     ModelEMA,
+    parse_device,
+    select_device,
     strip_optimizer,
     unwrap_model,
 )
@@ -60,6 +64,7 @@ from ds2d2_yolo.integration.teacher import (
 )
 from ds2d2_yolo.integration.wrapper import DS2D2Model
 from ds2d2_yolo.methods import feature_methods, term_weights
+from ds2d2_yolo.tools.visualize import plot_results
 
 LOCK_NAME = ".ds2d2.lock"  # in the run folder while a process trains into it: "<pid> <host>"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -88,8 +93,6 @@ def resume_path(overrides: dict[str, Any]) -> str | None:
 
 def _yaml_task(model: str | Path) -> str:
     """The task of a model yaml, read from its head as Ultralytics' `Model` does (not from the file name)."""
-    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
-
     try:
         return guess_model_task(yaml_model_load(str(model)))
     except Exception:  # an unreadable yaml is reported where Ultralytics builds the model
@@ -110,8 +113,6 @@ def resolve_task(overrides: dict[str, Any]) -> str:
     Raises:
         DS2D2ArgError: For tasks other than detect and obb, and for a checkpoint the restricted load refuses.
     """
-    from ultralytics.nn.tasks import guess_model_task
-
     task = overrides.get("task")
     if not task:
         named = resume_path(overrides)
@@ -306,8 +307,6 @@ class DS2D2Trainer(DetectionTrainer):
         """The checkpoint to resume: the one named, else (a bare `resume=True`) the newest last.pt, as Ultralytics."""
         path = resume_path(overrides)
         if path is None:
-            from ultralytics.utils.files import get_latest_run
-
             path = get_latest_run()
             if not path:
                 raise DS2D2ArgError("resume found no last.pt under the working directory; pass resume=path/to/last.pt")
@@ -372,8 +371,6 @@ class DS2D2Trainer(DetectionTrainer):
 
     def _check_device(self) -> None:
         """Refuse a device this machine does not have (Ultralytics raises a multi-line ValueError)."""
-        from ultralytics.utils.torch_utils import parse_device, select_device
-
         try:
             select_device(parse_device(self.args.device), verbose=False)
         except ValueError as e:
@@ -513,8 +510,6 @@ class DS2D2Trainer(DetectionTrainer):
 
     def plot_metrics(self):
         """results.png as Ultralytics draws it, with the distillation terms beside its loss curves."""
-        from ds2d2_yolo.tools.visualize import plot_results
-
         model = unwrap_model(self.model) if isinstance(self.model, torch.nn.Module) else None
         terms = tuple(model.loss_names) if isinstance(model, DS2D2Model) else ()
         plot_results(self.csv, terms=terms, on_plot=self.on_plot)
@@ -844,8 +839,6 @@ def _student_model(model: Any, task: str) -> torch.nn.Module | None:
         if m.endswith(".pt") and Path(m).is_file():
             return load_checkpoint_safely(m, "model")[0]
         if m.endswith((".yaml", ".yml")):
-            from ultralytics.nn.tasks import DetectionModel, OBBModel
-
             return (OBBModel if task == "obb" else DetectionModel)(m, verbose=False)
     except DS2D2ArgError:
         raise

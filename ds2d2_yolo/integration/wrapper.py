@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from ultralytics.utils import LOGGER
 
 from ds2d2_yolo.core.connectors import Adapter
 from ds2d2_yolo.core.diagnostics import feature_distance, grad_stats
@@ -321,8 +322,6 @@ class DS2D2Model(nn.Module):
         return out
 
     def _skip(self, name: str, value: torch.Tensor) -> None:
-        from ultralytics.utils import LOGGER
-
         n = self.skipped[name] = self.skipped.get(name, 0) + 1
         if n <= 3 or n % 100 == 0:
             LOGGER.warning(f"DS2D2: non-finite '{name}' ({value.item()}) skipped for this step ({n} so far)")

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import torch
 import yaml
 from ultralytics import YOLO
@@ -424,10 +426,7 @@ def _paired_lines(val: dict[str, dict[int, dict]], order: list[str], seeds: list
 
 def _plot(by: dict, order: list[str], teacher: dict, path: Path, title: str) -> None:
     """Bars of each row's mean mAP50 and mAP50-95 with the spread over seeds, the teacher's as dashed lines."""
-    import matplotlib  # heavy, and only needed once the table is written
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(order)), 4))
     x = range(len(order))

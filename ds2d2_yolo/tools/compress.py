@@ -22,12 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import yaml
 from ultralytics import YOLO
+from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 from ultralytics.utils import LOGGER, TQDM
 from ultralytics.utils.files import increment_path
 
 from ds2d2_yolo.config import check_args, split_overrides
+from ds2d2_yolo.integration.trainer import DS2D2Trainer
 from ds2d2_yolo.tools.latency import measure_latency, runtime_of
 from ds2d2_yolo.tools.prune import (
     IMPORTANCES,
@@ -36,6 +40,7 @@ from ds2d2_yolo.tools.prune import (
     prune_model,
     require_torch_pruning,
     save_pruned,
+    validate,
 )
 from ds2d2_yolo.tools.quantize import (
     INSTALL_HINT,
@@ -87,7 +92,6 @@ def train_keys(cfg: str | dict | None) -> dict[str, Any]:
         keys = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(keys, dict):
             raise ValueError(f"cfg file '{path}' must be a mapping of key: value")
-    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 
     ul, mine = split_overrides(keys)
     check_args(mine)
@@ -174,8 +178,6 @@ class Pipeline:
 
     def measure(self, stage: str, path: Path, stats: dict[str, Any], precision: str = "fp32") -> dict[str, Any]:
         """Validate and time one model file and append its row."""
-        from ds2d2_yolo.tools.prune import validate
-
         val_dir = self.save_dir / "val" / stage
         maps = validate(path, self.data, self.imgsz, 1, "cpu", val_dir)
         lat = measure_latency(path, self.imgsz, self.runs, threads=self.threads)
@@ -221,10 +223,7 @@ class Pipeline:
 
 def plot_accuracy_latency(rows: list[dict[str, Any]], path: Path) -> Path:
     """Scatter mAP50-95 against CPU latency, one labelled point per stage."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
     markers = {"torch": "o", "onnxruntime": "s", "openvino": "^"}
@@ -293,7 +292,6 @@ def run_compress(
         StageError: When a stage fails (after writing the report of the stages before it).
     """
     args = dict(locals())
-    from ds2d2_yolo import DS2D2Trainer  # imported here: it pulls in every distillation method
 
     check_compress_args(args)
     formats = int8_formats(int8)

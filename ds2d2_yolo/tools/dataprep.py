@@ -29,7 +29,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from ultralytics.utils import LOGGER
+from PIL import Image
+from ultralytics.data.split_dota import get_windows
+from ultralytics.data.utils import exif_size
+from ultralytics.utils import LOGGER, YAML
+from ultralytics.utils.ops import xywhr2xyxyxyxy
+from ultralytics.utils.patches import imread, imwrite
 
 DOTA_V1_CLASSES: tuple[str, ...] = (
     "plane",
@@ -145,9 +150,6 @@ def _fmt(values: Iterable[float]) -> str:
 
 def _image_size(path: Path) -> tuple[int, int]:
     """Return (width, height) of an image without decoding its pixels when PIL can read the header."""
-    from PIL import Image
-    from ultralytics.data.utils import exif_size
-
     with Image.open(path) as im:
         return exif_size(im)  # EXIF-rotated size, as the Ultralytics loader sees the image
 
@@ -433,9 +435,6 @@ def tile_dota(
             rows over all tiles), `cut` (rows of objects cut by a tile border), `difficult_skipped`, `unknown`,
             `malformed_lines`, `degenerate` (zero-area polygons dropped), `lost` (objects assigned to no tile).
     """
-    from ultralytics.data.split_dota import get_windows
-    from ultralytics.utils.patches import imread, imwrite
-
     _check_unknown(unknown)
     if not 0.0 < iof_thr <= 1.0:
         raise ValueError(f"iof_thr must be in (0, 1], not {iof_thr}")
@@ -551,8 +550,6 @@ def _xml_stem(root: ET.Element, xml_file: Path) -> str:
 
 def _object_polygon(obj: ET.Element) -> np.ndarray:
     """Corners (4, 2) of a DIOR-R / roLabelImg / VOC object, in pixels."""
-    from ultralytics.utils.ops import xywhr2xyxyxyxy
-
     rb = obj.find("robndbox")
     if rb is not None and rb.find("x_left_top") is not None:  # DIOR-R: the four corners
         keys = ("left_top", "right_top", "right_bottom", "left_bottom")
@@ -569,8 +566,6 @@ def _object_polygon(obj: ET.Element) -> np.ndarray:
 
 def _hrsc_objects(root: ET.Element) -> list[tuple[str, int, np.ndarray]]:
     """HRSC2016 objects as ('ship', difficult, corners); `mbox_*` is the rotated box, angle in radians."""
-    from ultralytics.utils.ops import xywhr2xyxyxyxy
-
     out = []
     for obj in root.iter("HRSC_Object"):
         xywhr = np.array([[_float(obj, t) for t in ("mbox_cx", "mbox_cy", "mbox_w", "mbox_h", "mbox_ang")]])
@@ -732,8 +727,6 @@ def write_data_yaml(
     Returns:
         (Path): The written file.
     """
-    from ultralytics.utils import YAML
-
     path = Path(path)
     data: dict[str, Any] = {"path": str(root), "train": str(train), "val": str(val)}
     if test:

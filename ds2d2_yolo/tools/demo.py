@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import yaml
+from ultralytics import YOLO
+
+from ds2d2_yolo.integration.trainer import DS2D2Trainer
 from ds2d2_yolo.methods import REGISTRY
+from ds2d2_yolo.tools.models import scaled_model_yaml
+from ds2d2_yolo.tools.synthetic import make_dataset
 
 DISCLAIMER = (
     "A short run on one seed demonstrates the pipeline; it is not evidence that one method beats another. "
@@ -63,10 +71,6 @@ def make_demo_data(root: Path, imgsz: int, n_teacher: int, n_train: int, n_val: 
     Returns:
         (dict[str, Path]): "teacher" and "student" data yamls.
     """
-    import yaml
-
-    from ds2d2_yolo.tools.synthetic import make_dataset
-
     student = make_dataset(root / "student", n_train=n_train, n_val=n_val, imgsz=imgsz, task="obb", seed=seed)
     teacher_set = make_dataset(root / "teacher", n_train=n_teacher, n_val=0, imgsz=imgsz, task="obb", seed=seed + 1000)
     cfg = yaml.safe_load(student.read_text(encoding="utf-8"))
@@ -107,10 +111,6 @@ def train_teacher(
     Returns:
         (dict): "weights" (Path), "mAP50", "mAP50-95", "train_s" (NaN when reused without a record) and "reused".
     """
-    from ultralytics import YOLO
-
-    from ds2d2_yolo.tools.models import scaled_model_yaml
-
     weights = out / "teacher" / "weights" / "best.pt"
     record = out / "teacher" / "demo_teacher.json"
     if weights.is_file():
@@ -161,8 +161,6 @@ def train_student(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
     Returns:
         (dict): "mAP50", "mAP50-95", "train_s", "save_dir" (Path) and "epochs" (list of results.csv rows).
     """
-    from ds2d2_yolo.integration.trainer import DS2D2Trainer
-
     _log(f"training the student with distill={method} for {overrides['epochs']} epochs")
     trainer = DS2D2Trainer(overrides={**overrides, "distill": method, "name": method})
     t0 = time.perf_counter()
@@ -234,10 +232,7 @@ def plot_demo(results: dict[str, dict[str, Any]], ds2d2_epochs: list[dict[str, f
     Returns:
         (Path): The written PNG.
     """
-    import matplotlib
-
     matplotlib.use("Agg")  # files only; also keeps the demo working without a display
-    import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
     names = list(results)
@@ -323,8 +318,6 @@ def run_demo(
         (dict[str, dict[str, float]]): Per model ("teacher", "none", "ds2d2"): "mAP50", "mAP50-95" and "train_s"
             (seconds; NaN for a reused teacher without a record).
     """
-    from ds2d2_yolo.tools.models import scaled_model_yaml
-
     epochs = 30 if epochs is None else int(epochs)
     if imgsz % 32:
         raise ValueError(f"imgsz={imgsz} must be a multiple of 32, e.g. 128")

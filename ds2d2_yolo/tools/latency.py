@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ultralytics.nn.tasks import load_checkpoint
 
 PT_SUFFIXES = (".pt",)
 
@@ -26,8 +27,6 @@ def runtime_of(path: str | Path) -> str:
 
 
 def _torch_runner(path: Path, x: np.ndarray, threads: int | None) -> Callable[[], Any]:
-    from ultralytics.nn.tasks import load_checkpoint
-
     if threads:
         torch.set_num_threads(threads)
     model = load_checkpoint(str(path))[0].float().fuse().eval()
@@ -41,7 +40,7 @@ def _torch_runner(path: Path, x: np.ndarray, threads: int | None) -> Callable[[]
 
 
 def _ort_runner(path: Path, x: np.ndarray, threads: int | None) -> Callable[[], Any]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: pip install -e .[compress]
 
     opts = ort.SessionOptions()
     if threads:
@@ -52,7 +51,7 @@ def _ort_runner(path: Path, x: np.ndarray, threads: int | None) -> Callable[[], 
 
 
 def _openvino_runner(path: Path, x: np.ndarray, threads: int | None) -> Callable[[], Any]:
-    import openvino as ov
+    import openvino as ov  # optional: pip install -e .[compress]
 
     xml = path if path.suffix == ".xml" else next(path.glob("*.xml"))
     config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}

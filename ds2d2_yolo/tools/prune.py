@@ -25,10 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from ultralytics import YOLO
 from ultralytics import __version__ as ULTRALYTICS_VERSION
+from ultralytics.cfg import get_save_dir
 from ultralytics.nn.modules import C2f, Conv, Detect
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
-from ultralytics.utils import LOGGER
+from ultralytics.utils import LOGGER, IterableSimpleNamespace
 from ultralytics.utils.torch_utils import get_flops
 
 IMPORTANCES = ("l1", "l2", "random")
@@ -46,7 +48,7 @@ def require_torch_pruning() -> types.ModuleType:
         ImportError: When torch-pruning is not installed.
     """
     try:
-        import torch_pruning
+        import torch_pruning  # optional: pip install -e .[compress]
     except ImportError:
         raise ImportError(f"pruning needs torch-pruning, which is not installed: {INSTALL_HINT}") from None
     return torch_pruning
@@ -327,8 +329,6 @@ def validate(path: str | Path, data: str, imgsz: int, batch: int, device: Any, s
     Square letterboxed batches (`rect=False`) for every format: `YOLO.val` defaults .pt files to rectangular batches
     padded past `imgsz`, which fixed-size exports cannot take, and the stages must be compared on the same input.
     """
-    from ultralytics import YOLO
-
     kw = dict(data=data, imgsz=imgsz, batch=batch, device=device, rect=False, plots=False, verbose=False)
     m = YOLO(str(path), task=None).val(**kw, project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
     return {"mAP50": float(m.box.map50), "mAP50-95": float(m.box.map)}
@@ -365,9 +365,6 @@ def run_prune(
     Returns:
         (dict): "file", "save_dir", and "teacher"/"pruned" rows with params, GFLOPs and (with data) mAP50, mAP50-95.
     """
-    from ultralytics.cfg import get_save_dir
-    from ultralytics.utils import IterableSimpleNamespace
-
     src, ckpt = load_detect_model(model)
     task = guess_model_task(src)
     trained = src.args.get("imgsz", 640) if isinstance(src.args, dict) else 640

@@ -17,6 +17,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from ultralytics import YOLO
 from ultralytics.data.augment import LetterBox
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
@@ -27,7 +28,7 @@ ACTIVATION_OPS = ("Sigmoid", "Mul", "Relu", "HardSigmoid", "HardSwish", "LeakyRe
 
 def require_ort_quantization() -> types.ModuleType:
     """Import `onnxruntime.quantization`, or fail in one line with the install command."""
-    try:
+    try:  # optional: pip install -e .[compress]
         import onnx  # noqa: F401  (quantize_static reads and writes ONNX protos)
         import onnxruntime.quantization as ortq
     except ImportError:
@@ -37,7 +38,7 @@ def require_ort_quantization() -> types.ModuleType:
 
 def openvino_available() -> bool:
     """Whether OpenVINO and NNCF (needed by Ultralytics' OpenVINO INT8 export) can be imported."""
-    try:
+    try:  # optional: pip install -e .[compress]
         import nncf  # noqa: F401
         import openvino  # noqa: F401
     except ImportError:
@@ -166,7 +167,7 @@ def quantize_onnx(
         (Path): The INT8 file. Ultralytics metadata (stride, names, task, imgsz) is copied so `YOLO(dst)` works.
     """
     ortq = require_ort_quantization()
-    import onnx
+    import onnx  # optional: present once require_ort_quantization passed
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
@@ -213,6 +214,5 @@ def quantize_openvino(weights: str | Path, data: str | Path, imgsz: int, split: 
     """
     if not openvino_available():
         raise ImportError(f"INT8 via OpenVINO needs openvino and nncf, which are not installed: {INSTALL_HINT}")
-    from ultralytics import YOLO
 
     return Path(YOLO(str(weights)).export(format="openvino", int8=True, data=str(data), imgsz=imgsz, split=split, **kw))

@@ -16,8 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from torchvision.ops import batched_nms
+from ultralytics.engine.results import Results
+from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils.metrics import batch_probiou
+from ultralytics.utils.nms import TorchNMS
+from ultralytics.utils.ops import xywhr2xyxyxyxy
+from ultralytics.utils.patches import imread, imwrite
+
+from ds2d2_yolo.tools.visualize import load_yolo, run_dir
 
 
 def tile_windows(height: int, width: int, tile: int = 1024, overlap: float = 0.2) -> np.ndarray:
@@ -76,9 +86,6 @@ def _cut_partials(
     Returns:
         (torch.Tensor): Boolean mask (N,), True for boxes to drop.
     """
-    import cv2
-    from ultralytics.utils.ops import xywhr2xyxyxyxy
-
     n = len(boxes)
     drop = torch.zeros(n, dtype=torch.bool)
     if n < 2 or len(windows) < 2:
@@ -151,10 +158,6 @@ def merge_tile_predictions(
         (dict[str, np.ndarray]): `boxes` (M, 4 or 5) float32 in image pixels, `conf` (M,) float32 and `cls` (M,) int64,
             sorted by decreasing confidence.
     """
-    from torchvision.ops import batched_nms
-    from ultralytics.utils.metrics import batch_probiou
-    from ultralytics.utils.nms import TorchNMS
-
     windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
     if len(preds) != len(windows):
         raise ValueError(f"got {len(preds)} tile predictions but {len(windows)} windows")
@@ -247,8 +250,6 @@ def sliced_predict(
         raise ValueError(f"sliced_predict supports detect and obb models, not task '{task}'")
     obb = task == "obb"
     if isinstance(image, (str, Path)):
-        from ultralytics.utils.patches import imread
-
         path = image
         image = imread(str(path))
         if image is None:
@@ -305,12 +306,6 @@ def run_slice(
     Returns:
         (dict[str, Any]): The `sliced_predict` result, plus `save` (the written image path) when drawn.
     """
-    from ultralytics.engine.results import Results
-    from ultralytics.utils import LOGGER, colorstr
-    from ultralytics.utils.patches import imread, imwrite
-
-    from ds2d2_yolo.tools.visualize import load_yolo, run_dir
-
     if not model or not source:
         raise ValueError("slice needs model=... and source=...")
     yolo = load_yolo(model)

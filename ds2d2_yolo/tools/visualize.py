@@ -20,11 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import polars as pl
+import pywt
 import torch
+from matplotlib.ticker import FuncFormatter
 from torch import nn
+from ultralytics import YOLO
+from ultralytics.data.utils import img2label_paths
+from ultralytics.nn.tasks import guess_model_task
+from ultralytics.utils import LOGGER, SETTINGS, colorstr
+from ultralytics.utils.files import increment_path
+from ultralytics.utils.nms import non_max_suppression
+from ultralytics.utils.ops import xywhr2xyxyxyxy, xyxyxyxy2xywhr
 
 from ds2d2_yolo.config import DS2D2ArgError
+from ds2d2_yolo.core.disw import disw_weights, resolve_disw_mode
+from ds2d2_yolo.core.dwt import DWT2d
+from ds2d2_yolo.integration.hooks import detection_head, head_features, match_channels
+from ds2d2_yolo.integration.teacher import refused_global, safe_loading, unsafe_file_error
 
 AUTO = "auto"  # an output path chosen like Ultralytics' predict: runs/<task>/<mode>, <mode>2, ...
 COLUMNS = ("input", "teacher LL", "teacher LH+HL+HH", "student LL", "student LH+HL+HH", "DISW")
@@ -78,7 +94,6 @@ def load_model(weights: str | Path | nn.Module) -> nn.Module:
         if weights in (None, "") or not Path(weights).is_file():
             raise FileNotFoundError(f"model file '{weights}' not found; pass a trained Ultralytics .pt (or a yaml)")
         model = load_yolo(weights).model
-    from ds2d2_yolo.integration.hooks import detection_head
 
     detection_head(model)  # fail early, with the reason, on classify/segment-free models without a Detect head
     model = model.float().eval()
@@ -93,10 +108,6 @@ def load_yolo(weights: str | Path, what: str = "model") -> Any:
     Raises:
         DS2D2ArgError: When the restricted load refuses the file because it references code.
     """
-    from ultralytics import YOLO
-
-    from ds2d2_yolo.integration.teacher import refused_global, safe_loading, unsafe_file_error
-
     try:
         with safe_loading():
             return YOLO(str(weights))
@@ -119,9 +130,6 @@ def run_dir(task: str, mode: str, project: str | Path | None = None, name: str |
     Returns:
         (Path): The created folder.
     """
-    from ultralytics.utils import SETTINGS
-    from ultralytics.utils.files import increment_path
-
     root = Path(project) if project else Path(SETTINGS["runs_dir"]) / task
     return increment_path(root / (name or mode), exist_ok=False, sep="", mkdir=True)
 
@@ -150,11 +158,7 @@ def plot_results(
     Returns:
         (Path | None): The written file, or None when the csv has no rows.
     """
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import polars as pl
 
     csv = Path(csv)
     data = pl.read_csv(csv.read_bytes(), infer_schema_length=None)
@@ -217,8 +221,6 @@ def read_label_boxes(source: Path, img_hw: tuple[int, int]) -> tuple[np.ndarray,
     Returns:
         (tuple | None): (corners (N, 8) float32, the label file's path) or None when no label file exists.
     """
-    from ultralytics.data.utils import img2label_paths
-
     h, w = img_hw
     yolo = Path(img2label_paths([str(source)])[0])
     if yolo.is_file() and yolo != source:
@@ -261,10 +263,6 @@ def predict_boxes(model: nn.Module, img: torch.Tensor, conf: float = 0.25, iou: 
     Returns:
         (torch.Tensor): Rotated boxes (cx, cy, w, h, angle in radians); angle 0 for a detect model.
     """
-    from ultralytics.utils.nms import non_max_suppression
-
-    from ds2d2_yolo.integration.hooks import detection_head
-
     obb = type(detection_head(model)).__name__.startswith("OBB")
     with torch.no_grad():
         preds = model(img)
@@ -284,8 +282,6 @@ def predict_boxes(model: nn.Module, img: torch.Tensor, conf: float = 0.25, iou: 
 
 def _corners_to_xywhr(corners: np.ndarray) -> torch.Tensor:
     """(N, 8) corners -> (N, 5) xywhr (the minimum-area rotated rectangle of each quadrilateral)."""
-    from ultralytics.utils.ops import xyxyxyxy2xywhr
-
     if not len(corners):
         return torch.zeros(0, 5)
     return torch.as_tensor(xyxyxyxy2xywhr(corners.astype(np.float32)), dtype=torch.float32).reshape(-1, 5)
@@ -336,10 +332,6 @@ def band_maps(
     Returns:
         (list[LevelMaps]): One entry per head level.
     """
-    from ds2d2_yolo.core.disw import disw_weights, resolve_disw_mode
-    from ds2d2_yolo.core.dwt import DWT2d
-    from ds2d2_yolo.integration.hooks import detection_head, head_features, match_channels
-
     t_head, s_head = detection_head(teacher), detection_head(student)
     if t_head.nl != s_head.nl or not torch.equal(t_head.stride.cpu(), s_head.stride.cpu()):
         raise DS2D2ArgError(
@@ -393,8 +385,6 @@ def _panel(
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.ax.tick_params(labelsize=6)
     # Each tick carries its own exponent: matplotlib's shared scale label ("1e-3") sits above the bar, on the title.
-    from matplotlib.ticker import FuncFormatter
-
     cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
 
 
@@ -415,11 +405,7 @@ def plot_levels(
         (dict): The layout written into the PNG's "Description" text chunk: rows, columns, panels, levels, input
             (height, width), boxes (count) and box_source.
     """
-    import matplotlib
-
     matplotlib.use("Agg")  # files only; also works without a display
-    import matplotlib.pyplot as plt
-    from ultralytics.utils.ops import xywhr2xyxyxyxy
 
     shown = image_rgb.copy()
     if len(boxes):
@@ -496,8 +482,6 @@ def run_visualize(
         FileNotFoundError: Missing model, teacher, image or (with boxes="labels") label file.
         DS2D2ArgError: Bad wavelet, image size or box source.
     """
-    import pywt
-
     if teacher in (None, ""):
         raise FileNotFoundError("visualize needs teacher=path/to/teacher.pt")
     if model in (None, ""):
@@ -512,11 +496,8 @@ def run_visualize(
         raise DS2D2ArgError(f"'imgsz={imgsz}' must be a positive image size, e.g. imgsz=640")
     t_model, s_model = load_model(teacher), load_model(model)
     if out in (None, "", AUTO):
-        from ultralytics.nn.tasks import guess_model_task
-
         out = run_dir(guess_model_task(t_model), "visualize", project, name) / "bands.png"
     source, out = Path(source), Path(out)
-    from ds2d2_yolo.integration.hooks import detection_head
 
     stride = int(max(detection_head(t_model).stride.max().item(), detection_head(s_model).stride.max().item(), 32))
     size = int(math.ceil(int(imgsz) / stride) * stride)
@@ -559,7 +540,6 @@ def run_visualize(
     names = [_label(m) for m in (model, teacher)]
     title = f"{source.name} at {size}x{size}, wavelet {wavelet}: student {names[0]} vs teacher {names[1]}"
     plot_levels(rgb, xywhr, levels, note, out, title)
-    from ultralytics.utils import LOGGER, colorstr
 
     LOGGER.info(f"DS2D2 bands of {len(levels)} levels ({note}); Results saved to {colorstr('bold', out.parent)}")
     return out

@@ -1196,7 +1196,7 @@ def test_checkpoint_files_modes_sizes_and_columns(obb_run, tmp_path):
     """Checkpoints and amplifier.pt get Ultralytics' file mode (0666 less the umask, not mkstemp's 0600); best.pt is
     the plain student (no adapters or amplifier: those stay in last.pt); validation has no always-zero KD columns
     and results.png draws the KD terms."""
-    from ds2d2_yolo.tools.visualize import plot_results, results_columns
+    from ds2d2_yolo.integration.results_plot import plot_results, results_columns
 
     mask = os.umask(0o022)
     os.umask(mask)

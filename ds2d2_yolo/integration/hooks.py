@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from ultralytics.nn.modules.head import Detect
 
 
 class HeadReached(Exception):
@@ -37,9 +38,6 @@ class HeadInputHook:
 
 def detection_head(model: nn.Module) -> nn.Module:
     """Return the Detect/OBB head of an Ultralytics detection model (its last layer)."""
-    # lazy: the CLI imports this module at start (config -> methods); help must not load Ultralytics
-    from ultralytics.nn.modules.head import Detect
-
     head = model.model[-1]
     if not isinstance(head, Detect):
         raise TypeError(f"{type(model).__name__} has no Detect/OBB head as its last layer; DS2D2 needs one")

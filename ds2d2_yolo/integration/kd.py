@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ultralytics.utils.tal import dist2bbox, dist2rbox, make_anchors
 
 from ds2d2_yolo.core.losses import box_kd_hbb, box_kd_obb, quality_focal_kd
 
@@ -19,9 +20,6 @@ def decode_head(head: nn.Module, out: dict[str, torch.Tensor], feats: list[torch
     Returns:
         (torch.Tensor): (B, A, 4) xyxy boxes for Detect, (B, A, 5) xywhr boxes for OBB.
     """
-    # lazy: the CLI imports this module at start (config -> methods); help must not load Ultralytics
-    from ultralytics.utils.tal import dist2bbox, dist2rbox, make_anchors
-
     anchors, strides = make_anchors(feats, head.stride, 0.5)  # (A, 2), (A, 1) in grid units
     anchors, strides = anchors.T.unsqueeze(0), strides.T.unsqueeze(0)
     dist = head.dfl(out["boxes"])  # (B, 4, A); identity when reg_max == 1

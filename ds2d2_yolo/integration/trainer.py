@@ -52,6 +52,7 @@ from ds2d2_yolo.integration.checkpoint import atomic_save, atomic_write, signals
 from ds2d2_yolo.integration.hooks import detection_head, head_features, match_channels
 from ds2d2_yolo.integration.probe import head_map
 from ds2d2_yolo.integration.pseudo import pseudo_dataset
+from ds2d2_yolo.integration.results_plot import plot_results
 from ds2d2_yolo.integration.teacher import (
     Teacher,
     check_levels,
@@ -64,7 +65,6 @@ from ds2d2_yolo.integration.teacher import (
 )
 from ds2d2_yolo.integration.wrapper import DS2D2Model
 from ds2d2_yolo.methods import feature_methods, term_weights
-from ds2d2_yolo.tools.visualize import plot_results
 
 LOCK_NAME = ".ds2d2.lock"  # in the run folder while a process trains into it: "<pid> <host>"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

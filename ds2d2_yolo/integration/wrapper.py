@@ -14,6 +14,7 @@ from ds2d2_yolo.core.diagnostics import feature_distance, grad_stats
 from ds2d2_yolo.core.disw import resolve_disw_mode
 from ds2d2_yolo.core.dwt import DWT2d
 from ds2d2_yolo.integration.hooks import capture_head_inputs, detection_head, head_features, match_channels
+from ds2d2_yolo.integration.kd import amplifier_kd
 from ds2d2_yolo.methods import REGISTRY
 
 
@@ -99,6 +100,14 @@ class DS2D2Model(nn.Module):
     def set_amplifier(self, amplifier: nn.Module) -> None:
         """Use a (fused, frozen) high-frequency amplifier trained after the wrapper was built."""
         self._hide("amplifier", amplifier.to(memory_format=torch.channels_last).eval())
+
+    @property
+    def teacher_head(self) -> nn.Module:
+        """The frozen teacher's detection head, which the implicit stream runs on the adapted student features."""
+        return detection_head(self.teacher)
+
+    # The methods reach Ultralytics' heads through the wrapper, so the registry imports nothing of Ultralytics.
+    head_kd = staticmethod(amplifier_kd)
 
     @property
     def model(self) -> nn.Sequential:

@@ -44,8 +44,9 @@ class FeatureMethod:
         """Weighted distillation terms of one batch, in fp32.
 
         Args:
-            model (nn.Module): The training wrapper, `DS2D2Model` (its connectors, teacher, amplifier, validated `cfg`);
-                methods take it as an argument rather than importing it, so the wrapper can import the registry.
+            model (nn.Module): The training wrapper, `DS2D2Model`: its connectors, teacher, amplifier, validated
+                `cfg`, and the Ultralytics head access (`teacher_head`, `head_kd`). Methods take it as an argument
+                rather than importing it, so the registry stays free of Ultralytics and the wrapper can import it.
             s_feats (list[torch.Tensor]): Student head inputs (with gradient).
             s_ad (list[torch.Tensor]): The same after the per-level adapters, in fp32.
             t_feats (list[torch.Tensor]): Teacher head inputs in fp32 (no gradient).

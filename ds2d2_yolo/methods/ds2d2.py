@@ -9,8 +9,6 @@ from ds2d2_yolo.core.connectors import Adapter
 from ds2d2_yolo.core.disw import disw_weights
 from ds2d2_yolo.core.dwt import high_frequency
 from ds2d2_yolo.core.losses import explicit_band_loss
-from ds2d2_yolo.integration.hooks import detection_head
-from ds2d2_yolo.integration.kd import amplifier_kd
 from ds2d2_yolo.methods.base import FeatureMethod
 
 
@@ -65,11 +63,11 @@ class DS2D2(FeatureMethod):
         kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
         s_im = [a(f.float()) for a, f in zip(model.adapters_im, s_feats)] if len(model.adapters_im) else s_ad
         if cfg["implicit_full"]:
-            head = detection_head(model.teacher)
+            head = model.teacher_head
             with torch.no_grad():
                 t_out = head.forward_head(t_feats, **head.one2many)
             s_out = head.forward_head(s_im, **head.one2many)
-            out["im_full"] = cfg["lambda_imf"] * amplifier_kd(head, s_out, t_out, t_feats, **kd)
+            out["im_full"] = cfg["lambda_imf"] * model.head_kd(head, s_out, t_out, t_feats, **kd)
         if cfg["implicit_high"]:
             amp = model.amplifier
             if amp is None:
@@ -81,5 +79,5 @@ class DS2D2(FeatureMethod):
                 hf_t = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_t, t_feats)]
                 t_out = amp.forward_head(hf_t, **amp.one2many)
             s_out = amp.forward_head(hf_s, **amp.one2many)
-            out["im_high"] = cfg["lambda_imh"] * amplifier_kd(amp, s_out, t_out, t_feats, **kd)
+            out["im_high"] = cfg["lambda_imh"] * model.head_kd(amp, s_out, t_out, t_feats, **kd)
         return out

@@ -18,6 +18,7 @@ from ds2d2_yolo.tools.dataprep import (
     convert_dior_r,
     convert_dior_voc,
     convert_dota,
+    dota,
     parse_dota_label,
     tile_dota,
     write_data_yaml,
@@ -107,7 +108,7 @@ def test_parse_dota_label_malformed(tmp_path):
     assert [o["name"] for o in objects] == ["plane", "small-vehicle", "ship"]
     assert [o["difficult"] for o in objects] == [0, 0, 1]
     assert objects[1]["poly"].shape == (4, 2)
-    _, skipped = dataprep._parse_dota_lines(f.read_text().splitlines())
+    _, skipped = dota._parse_dota_lines(f.read_text().splitlines())
     assert skipped == 3
 
 
@@ -225,7 +226,7 @@ def test_tile_dota_real(tmp_path, stem):
                     )
                     overlap.append((inter / max(cv2.contourArea(p.astype(np.float32)), 1e-9), area, j))
                 frac, area, i = max(overlap)
-                assert frac > 0.9 and area >= 0.7 * dataprep._convex_area(polys[i])
+                assert frac > 0.9 and area >= 0.7 * dota._convex_area(polys[i])
             assert cls[i] == c
             seen.add(i)
         # every object wholly inside this window is labelled in it

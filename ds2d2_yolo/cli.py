@@ -33,7 +33,15 @@ import yaml
 
 from ds2d2_yolo import __version__
 from ds2d2_yolo.cfg import CFG_DIR
-from ds2d2_yolo.config import DATASET_YAMLS, DS2D2ArgError, check_args, defaults, resolve_data, split_overrides
+from ds2d2_yolo.config import (
+    DATASET_YAMLS,
+    SCHEMA,
+    DS2D2ArgError,
+    check_args,
+    defaults,
+    resolve_data,
+    split_overrides,
+)
 
 # Ultralytics and this package's trainer and tools are imported inside the functions that need them (marked
 # "lazy"): `ds2d2-yolo help`, `version` and one-line usage errors must not pay for them.
@@ -210,13 +218,8 @@ def _fmt(v: Any) -> str:
 
 
 def key_docs() -> dict[str, str]:
-    """Return the one-line description of each DS2D2 key, taken from its comment in `cfg/ds2d2.yaml`."""
-    docs = {}
-    for line in (CFG_DIR / "ds2d2.yaml").read_text(encoding="utf-8").splitlines():
-        m = re.match(r"^(\w+):[^#]*#\s*(.*)$", line)
-        if m:
-            docs[m.group(1)] = m.group(2).strip()
-    return docs
+    """Return the one-line description of each DS2D2 key, from the schema (`config.SCHEMA`)."""
+    return {k: key.help for k, key in SCHEMA.items()}
 
 
 # DS2D2 keys the amplifier mode reads (the others only matter for distillation).
@@ -237,7 +240,7 @@ TRAIN_EXAMPLES = [
 
 
 def _ds2d2_key_lines(keys: list[str] | None = None) -> list[str]:
-    """One line per DS2D2 key: key=default and its comment from cfg/ds2d2.yaml."""
+    """One line per DS2D2 key: key=default and its help."""
     docs = key_docs()
     return [
         f"  {k + '=' + _fmt(v):<25} {docs.get(k, '')}".rstrip()

@@ -1,8 +1,11 @@
-"""DS2D2 arguments: defaults from `cfg/ds2d2.yaml`, splitting them from Ultralytics' own keys, and validation."""
+"""DS2D2 arguments as data: every key's default and one line of help, splitting them from Ultralytics' keys, and
+validation. `cfg/ds2d2.yaml` is this schema written out (`python -m ds2d2_yolo.config` rewrites it; a test keeps the
+two equal), so the CLI's help, the defaults and the shipped file cannot drift apart."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +13,14 @@ import pywt
 import yaml
 
 from ds2d2_yolo.cfg import CFG_DIR
+from ds2d2_yolo.core import disw, dwt
 from ds2d2_yolo.methods import distill_methods
 
-DISW_MODES = ("auto", "hbb", "obb", "none")
-WAVE_MODES = ("zero", "symmetric", "periodization", "reflect", "periodic", "constant", "smooth")
+# Choices derived from what the code supports, so validation and help list the same values.
+DISW_MODES = ("auto", *disw.DISW_MODES, "none")
+WAVE_MODES = dwt.MODES
+ADAPTER_MODES = ("shared", "per_stream")
+BALANCE_MODES = ("none", "grad")
 WEIGHT_KEYS = (
     "lambda_exl",
     "lambda_exh",
@@ -27,12 +34,100 @@ WEIGHT_KEYS = (
     "mgd_mask_ratio",
 )
 BOOL_KEYS = ("explicit", "implicit_full", "implicit_high")
-ADAPTER_MODES = ("shared", "per_stream")
-BALANCE_MODES = ("none", "grad")
-
 
 # Dataset yamls shipped in cfg/ that shadow Ultralytics' bundled ones of the same name.
 DATASET_YAMLS = ("DIOR.yaml", "DOTAv1.yaml")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One DS2D2 setting.
+
+    Attributes:
+        default (Any): Its value when the user gives none.
+        help (str): One line for `ds2d2-yolo help` and for its comment in `cfg/ds2d2.yaml`.
+        section (str): A comment written above the key in `cfg/ds2d2.yaml`, opening a group of keys.
+    """
+
+    default: Any
+    help: str
+    section: str = ""
+
+
+SCHEMA: dict[str, Key] = {
+    "distill": Key(
+        "ds2d2",
+        " | ".join(distill_methods()),
+        "DS2D2 defaults. Every key can be overridden per run (CLI `key=value` or DS2D2Trainer overrides).\n"
+        "Loss weights are relative to Ultralytics' own detection loss, which multiplies by the batch size; the\n"
+        "DS2D2 terms are scaled the same way, so the ratios hold at any batch size. docs/results.md says how they\n"
+        "were chosen.",
+    ),
+    "teacher": Key(
+        None, "path to an Ultralytics .pt of the same task (detect or obb) and the same classes as the data"
+    ),
+    "amplifier": Key(
+        None, "path to a cached high-frequency amplifier .pt; empty = train one before distillation (amplifier.pt)"
+    ),
+    "amp_epochs": Key(3, "high-frequency amplifier training epochs when no amplifier= is given"),
+    "lambda_exl": Key(
+        0.1,
+        "weight of the low band (LL) term, ex_low",
+        "Explicit stream: DISW-weighted MSE of the DWT bands of adapted student vs teacher features.",
+    ),
+    "lambda_exh": Key(0.2, "weight of the high bands (LH, HL, HH) term, ex_high"),
+    "lambda_imf": Key(
+        0.25,
+        "weight of the full-frequency amplifier term (teacher head on adapted student), im_full",
+        "Implicit stream (knowledge amplifiers): teacher head on adapted student features vs teacher features.",
+    ),
+    "lambda_imh": Key(0.1, "weight of the high-frequency amplifier term (head trained on HF(teacher neck)), im_high"),
+    "beta": Key(1.0, "quality-focal exponent of the classification KD, |sigma(z_s) - sigma(z_t)|^beta"),
+    "box_kd": Key(1.0, "weight of the box KD inside each amplifier term relative to its class KD"),
+    "wavelet": Key("haar", "any discrete PyWavelets wavelet (haar, db2, sym4, bior2.2, ...)", " "),
+    "wave_mode": Key("zero", "DWT padding: " + " | ".join(WAVE_MODES)),
+    "disw": Key(
+        "auto",
+        "auto (hbb for detect, obb for OBB) | hbb (reference rule, box hull for OBB) | obb (rotated rule) | none",
+    ),
+    "adapters": Key(
+        "shared", "shared: one 1x1 adapter per level for both streams | per_stream: one set per stream", " "
+    ),
+    "kd_warmup": Key(0, "epochs over which the distillation total ramps linearly from 0 to its full weight (0 = off)"),
+    "balance": Key(
+        "none", "none | grad: rescale each term's weight after warm-up so its gradient is balance_ratio x detection's"
+    ),
+    "balance_ratio": Key(
+        0.25, "with balance=grad, each term's gradient norm on the student's backbone+neck / the detection loss's"
+    ),
+    "balance_steps": Key(
+        8, "with balance=grad, steps measured (the last ones before the warm-up ends) to set the weights"
+    ),
+    "diagnose": Key(0, "every N steps, log gradient ratios/cosines and feature distances to diagnostics.csv (0 = off)"),
+    "explicit": Key(True, "explicit stream on/off (ablation)", " "),
+    "implicit_full": Key(True, "full-frequency amplifier on/off (ablation)"),
+    "implicit_high": Key(True, "high-frequency amplifier on/off (ablation)"),
+    "cwd_tau": Key(1.0, "CWD temperature", "Baselines sharing the same hooks and adapters."),
+    "cwd_weight": Key(1.0, "CWD loss weight per level (tau^2 scaled)"),
+    "mgd_alpha": Key(2.0e-5, "MGD loss weight"),
+    "mgd_mask_ratio": Key(0.65, "MGD random mask ratio"),
+    "pseudo_conf": Key(0.5, "distill=pseudo: minimum teacher confidence of a pseudo-label added to the ground truth"),
+}
+
+
+def render_cfg() -> str:
+    """`cfg/ds2d2.yaml` as the schema writes it: each key with its default and its help as a comment."""
+    lines: list[str] = []
+    for k, key in SCHEMA.items():
+        if key.section:
+            if lines:
+                lines.append("")
+            lines += [f"# {x}".rstrip() for x in key.section.strip().splitlines()]
+            if k == "distill":
+                lines.append("")
+        v = "" if key.default is None else yaml.safe_dump(key.default, default_flow_style=True).split("\n")[0]
+        lines.append(f"{k}: {v}".rstrip() + f" # {key.help}")
+    return "\n".join(lines) + "\n"
 
 
 class DS2D2ArgError(ValueError):
@@ -40,8 +135,8 @@ class DS2D2ArgError(ValueError):
 
 
 def defaults() -> dict[str, Any]:
-    """Return the DS2D2 defaults from `cfg/ds2d2.yaml` as a fresh dict."""
-    return yaml.safe_load((CFG_DIR / "ds2d2.yaml").read_text(encoding="utf-8"))
+    """Return the DS2D2 defaults (the schema's, as `cfg/ds2d2.yaml` holds them) as a fresh dict."""
+    return {k: key.default for k, key in SCHEMA.items()}
 
 
 def split_overrides(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -218,3 +313,7 @@ def resolve_data(data: Any) -> Any:
         return data
     name = data if p.suffix in {".yaml", ".yml"} else f"{data}.yaml"
     return str(CFG_DIR / name) if name in DATASET_YAMLS and (CFG_DIR / name).is_file() else data
+
+
+if __name__ == "__main__":
+    (CFG_DIR / "ds2d2.yaml").write_text(render_cfg(), encoding="utf-8")

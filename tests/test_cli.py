@@ -20,6 +20,9 @@ from conftest import REPO, train_overrides
 from ds2d2_yolo.cfg import CFG_DIR
 
 from ds2d2_yolo.cli import UsageError, entrypoint, resolve_data, usage, user_errors
+from ds2d2_yolo.config import SCHEMA, DS2D2ArgError, check_args, defaults, render_cfg
+from ds2d2_yolo.core.disw import DISW_MODES as DISW_RULES
+from ds2d2_yolo.core.dwt import MODES
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
 EXAMPLES = ("distill_dota_obb.py", "distill_dior_detect.py", "export_onnx.py")
@@ -153,6 +156,27 @@ def test_help_lists_every_key_with_default():
         assert re.search(rf"^\s+{k}={re.escape(fmt_default(v))}(\s|$)", r.stdout, re.M), (k, v)
     for mode in ("train", "amplifier", "convert", "val"):
         assert mode in r.stdout
+
+
+def test_shipped_cfg_is_the_schema_written_out():
+    """cfg/ds2d2.yaml holds exactly the schema's defaults, with each key's help as its comment, so the file, the
+    defaults and `help` cannot drift apart (`python -m ds2d2_yolo.config` rewrites the file)."""
+    text = (CFG_DIR / "ds2d2.yaml").read_text()
+    assert text == render_cfg()
+    assert yaml.safe_load(text) == defaults()
+    for k, key in SCHEMA.items():
+        assert re.search(rf"^{k}:[^#\n]*# {re.escape(key.help)}$", text, re.M), k
+
+
+def test_choices_follow_what_the_code_supports():
+    """Every DWT padding mode the core implements and every DISW rule it knows is accepted, and nothing else."""
+    for mode in MODES:
+        assert check_args({"wave_mode": mode})["wave_mode"] == mode
+    for rule in (*DISW_RULES, "auto", "none"):
+        assert check_args({"disw": rule})["disw"] == rule
+    for bad in ({"wave_mode": "mirror"}, {"disw": "circle"}):
+        with pytest.raises(DS2D2ArgError, match="is unknown; choose one of"):
+            check_args(bad)
 
 
 @pytest.mark.parametrize(

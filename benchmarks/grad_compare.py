@@ -26,7 +26,7 @@ from ultralytics.nn.distill_model import DistillationModel
 
 from ds2d2_yolo.config import check_args
 from ds2d2_yolo.core.diagnostics import grad_stats
-from ds2d2_yolo.integration.hooks import detection_head
+from ds2d2_yolo.integration.hooks import detection_head, freeze
 from ds2d2_yolo.integration.teacher import load_teacher
 from ds2d2_yolo.integration.wrapper import DS2D2Model
 
@@ -106,9 +106,7 @@ def main() -> None:
             cfg = check_args({"distill": method})
             amp = None
             if method == "ds2d2":
-                amp = deepcopy(detection_head(teacher)).eval()
-                for p in amp.parameters():
-                    p.requires_grad_(False)
+                amp = freeze(deepcopy(detection_head(teacher)))
             model, fn = DS2D2Model(student, teacher, cfg, amplifier=amp).train(), ds2d2_terms
         out[method] = measure(model, student, batches, fn)
     lines = ["| method | term | ‖∇term‖ / ‖∇det‖ | cos(∇term, ∇det) |", "|---|---|---|---|"]

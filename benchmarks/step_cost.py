@@ -33,7 +33,7 @@ from ultralytics.nn.distill_model import DistillationModel
 from ultralytics.nn.tasks import OBBModel
 
 from ds2d2_yolo.config import check_args
-from ds2d2_yolo.integration.hooks import detection_head
+from ds2d2_yolo.integration.hooks import detection_head, freeze
 from ds2d2_yolo.integration.teacher import load_teacher
 from ds2d2_yolo.integration.wrapper import DS2D2Model
 from ds2d2_yolo.tools.compare import METHODS
@@ -90,9 +90,7 @@ def build(method: str, student_yaml: str, teacher: str, imgsz: int, nc: int) -> 
     cfg = check_args(METHODS[method])
     amp = None
     if cfg["distill"] == "ds2d2" and cfg["implicit_high"]:
-        amp = deepcopy(detection_head(t.model)).eval()  # an amplifier costs the same trained or not
-        for p in amp.parameters():
-            p.requires_grad_(False)
+        amp = freeze(deepcopy(detection_head(t.model)))  # an amplifier costs the same trained or not
     return DS2D2Model(student, t.model, cfg, amplifier=amp).train()
 
 

@@ -36,9 +36,9 @@ from ultralytics.models.yolo.obb import OBBTrainer
 
 from ds2d2_yolo import DS2D2Trainer
 from ds2d2_yolo.config import DS2D2ArgError, check_args
-from ds2d2_yolo.integration.amplifier import freeze, save_amplifier
+from ds2d2_yolo.integration.amplifier import save_amplifier
 from ds2d2_yolo.integration.checkpoint import atomic_save
-from ds2d2_yolo.integration.hooks import detection_head, head_features
+from ds2d2_yolo.integration.hooks import detection_head, freeze, head_features
 from ds2d2_yolo.integration.teacher import fingerprint
 from ds2d2_yolo.integration.trainer import LOCK_NAME
 from ds2d2_yolo.integration.wrapper import DS2D2Model
@@ -348,7 +348,7 @@ import json, resource, sys
 from copy import deepcopy
 import torch
 from ultralytics.nn.tasks import OBBModel, load_checkpoint
-from ds2d2_yolo.integration.amplifier import freeze
+from ds2d2_yolo.integration.hooks import freeze
 from ds2d2_yolo.config import check_args
 from ds2d2_yolo.integration.wrapper import DS2D2Model
 from ds2d2_yolo.core.disw import disw_weights

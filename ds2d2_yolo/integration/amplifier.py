@@ -14,7 +14,7 @@ from torch import nn
 from ds2d2_yolo.config import DS2D2ArgError
 from ds2d2_yolo.core.dwt import DWT2d, high_frequency
 from ds2d2_yolo.integration.checkpoint import atomic_save
-from ds2d2_yolo.integration.hooks import head_features, match_channels
+from ds2d2_yolo.integration.hooks import freeze, head_features, match_channels
 
 FORMAT = "ds2d2-amplifier/1"
 CALIB_BATCHES = 32  # batches of the BatchNorm recalibration pass after amplifier training
@@ -188,15 +188,6 @@ def amplifier_loss(head: nn.Module, criterion: Any, batches: list[tuple[list[tor
             m.num_batches_tracked.copy_(nb)
         head.train(was_training)
     return total / max(n, 1)
-
-
-def freeze(head: nn.Module) -> nn.Module:
-    """Put a head in eval mode without gradients (and drop the last training step's .grad buffers)."""
-    head.eval()
-    for p in head.parameters():
-        p.requires_grad_(False)
-        p.grad = None
-    return head
 
 
 def amplifier_state(head: nn.Module, fingerprint: str, cfg: dict, epochs: int) -> dict[str, Any]:

@@ -88,3 +88,15 @@ def match_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 1:
         return img.mean(1, keepdim=True)
     raise ValueError(f"cannot feed {c}-channel images to a {channels}-channel teacher")
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Put a teacher, amplifier or inspected model in eval mode without gradients, in place.
+
+    Also drops any .grad buffers left by training (an amplifier's last step), so a frozen module holds no stale state.
+    """
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return module

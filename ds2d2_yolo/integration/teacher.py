@@ -23,7 +23,7 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
 from ds2d2_yolo.config import DS2D2ArgError
-from ds2d2_yolo.integration.hooks import detection_head
+from ds2d2_yolo.integration.hooks import detection_head, freeze
 
 # Set to 1 to load teacher, resume, student and visualize checkpoints with a full (unrestricted) unpickle: only for
 # files you trust, since unpickling can run any code the file names.
@@ -179,9 +179,7 @@ def fuse_frozen(module: nn.Module) -> nn.Module:
         elif isinstance(m, RepVGGDW):
             m.fuse()
             m.forward = m.forward_fuse
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
+    return freeze(module)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -282,10 +280,7 @@ def read_teacher(path: str | Path | None, task: str) -> nn.Module:
             f"DS2D2: teacher '{p.name}' looks untrained (every BatchNorm still has its initial statistics); "
             "distilling from it teaches noise: pass a trained teacher"
         )
-    model = model.float().eval()
-    for v in model.parameters():
-        v.requires_grad_(False)
-    return model
+    return freeze(model.float())
 
 
 def load_teacher(

@@ -38,7 +38,7 @@ from ultralytics.utils.ops import xywhr2xyxyxyxy, xyxyxyxy2xywhr
 from ds2d2_yolo.config import DS2D2ArgError
 from ds2d2_yolo.core.disw import disw_weights, resolve_disw_mode
 from ds2d2_yolo.core.dwt import DWT2d
-from ds2d2_yolo.integration.hooks import detection_head, head_features, match_channels
+from ds2d2_yolo.integration.hooks import detection_head, freeze, head_features, match_channels
 from ds2d2_yolo.integration.teacher import refused_global, safe_loading, unsafe_file_error
 
 AUTO = "auto"  # an output path chosen like Ultralytics' predict: runs/<task>/<mode>, <mode>2, ...
@@ -95,10 +95,7 @@ def load_model(weights: str | Path | nn.Module) -> nn.Module:
         model = load_yolo(weights).model
 
     detection_head(model)  # fail early, with the reason, on classify/segment-free models without a Detect head
-    model = model.float().eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return freeze(model.float())
 
 
 def load_yolo(weights: str | Path, what: str = "model") -> Any:

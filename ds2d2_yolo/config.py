@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pywt
 import yaml
 
 from ds2d2_yolo.cfg import CFG_DIR
@@ -232,12 +231,7 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
         raise DS2D2ArgError(f"'pseudo_conf={cfg['pseudo_conf']}' must be in (0, 1), e.g. pseudo_conf=0.5")
     if cfg["balance"] == "grad" and (cfg["balance_ratio"] == 0 or cfg["balance_steps"] == 0):
         raise DS2D2ArgError("balance=grad needs balance_ratio > 0 and balance_steps >= 1, e.g. balance_ratio=0.25")
-    cfg["wavelet"] = str(cfg["wavelet"])
-    if cfg["wavelet"] not in pywt.wavelist(kind="discrete"):
-        raise DS2D2ArgError(
-            f"'wavelet={cfg['wavelet']}' is not a discrete PyWavelets wavelet; e.g. haar, db2, sym4, bior2.2 "
-            f"(see pywt.wavelist(kind='discrete'))"
-        )
+    cfg["wavelet"] = check_wavelet(cfg["wavelet"])
     if cfg["wave_mode"] not in WAVE_MODES:
         raise DS2D2ArgError(f"'wave_mode={cfg['wave_mode']}' is unknown; choose one of {', '.join(WAVE_MODES)}")
     cfg["disw"] = str(cfg["disw"]).lower()
@@ -246,6 +240,16 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
     for k in ("teacher", "amplifier"):
         cfg[k] = str(cfg[k]) if cfg[k] not in (None, "", "None", "none") else None
     return cfg
+
+
+def check_wavelet(wave: Any) -> str:
+    """The `wavelet=` value as a name, or a one-line DS2D2ArgError when PyWavelets has no discrete wavelet of it."""
+    if not dwt.is_discrete_wavelet(str(wave)):
+        raise DS2D2ArgError(
+            f"'wavelet={wave}' is not a discrete PyWavelets wavelet; e.g. haar, db2, sym4, bior2.2 "
+            "(see pywt.wavelist(kind='discrete'))"
+        )
+    return str(wave)
 
 
 def warn_args(cfg: dict[str, Any]) -> list[str]:

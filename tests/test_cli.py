@@ -198,7 +198,7 @@ def _mistakes(m: dict[str, Path], data: Path, project: Path) -> list[tuple[list[
         (["obb", "train", *base, "lamda_exl=0.5"], ("'lamda_exl'", "lambda_exl", "distill, teacher")),
         (["obb", "train", *base, "distill=kd"], ("distill=kd", "ds2d2, cwd, mgd, native, pseudo, none")),
         (["obb", "train", *base, "disw=rotated"], ("disw=rotated", "auto, hbb, obb, none")),
-        (["obb", "train", *base, "wave_mode=edge"], ("wave_mode=edge", "zero, symmetric")),
+        (["obb", "train", *base, "wave_mode=edge"], ("wave_mode=edge", "zero, constant, symmetric")),
         (["obb", "train", *base, "lambda_exl=-1"], ("lambda_exl=-1", ">= 0")),
         (["obb", "train", *base, "explicit=maybe"], ("explicit=maybe", "explicit=true")),
         (["obb", "train", *base, "optimizer=adan"], ("optimizer=adan", "AdamW")),

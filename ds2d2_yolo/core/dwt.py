@@ -32,9 +32,14 @@ MODES = (
 )
 
 
+def is_discrete_wavelet(wave: object) -> bool:
+    """Whether `wave` names a discrete PyWavelets wavelet (the only kind a DWT filter bank can use)."""
+    return isinstance(wave, str) and wave in pywt.wavelist(kind="discrete")
+
+
 def _wavelet(wave: str) -> pywt.Wavelet:
     """Return the discrete PyWavelets wavelet `wave`, or raise a one-line ValueError naming the fix."""
-    if not isinstance(wave, str) or wave not in pywt.wavelist(kind="discrete"):
+    if not is_discrete_wavelet(wave):
         raise ValueError(
             f"unknown wavelet {wave!r}: use a discrete PyWavelets name such as 'haar', 'db2', 'sym4' or 'bior2.2' "
             "(see pywt.wavelist(kind='discrete'))"

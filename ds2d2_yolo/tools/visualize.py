@@ -23,7 +23,6 @@ import cv2
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-import pywt
 import torch
 from matplotlib.ticker import FuncFormatter
 from torch import nn
@@ -35,7 +34,7 @@ from ultralytics.utils.files import increment_path
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import xywhr2xyxyxyxy, xyxyxyxy2xywhr
 
-from ds2d2_yolo.config import DS2D2ArgError
+from ds2d2_yolo.config import DS2D2ArgError, check_wavelet
 from ds2d2_yolo.core.disw import disw_weights, resolve_disw_mode
 from ds2d2_yolo.core.dwt import DWT2d
 from ds2d2_yolo.integration.hooks import detection_head, freeze, head_features, match_channels
@@ -431,8 +430,7 @@ def run_visualize(
         raise FileNotFoundError("visualize needs model=path/to/student.pt (pass the teacher again to see it alone)")
     if source in (None, "") or not Path(source).is_file():
         raise FileNotFoundError(f"visualize: image '{source}' not found; pass source=path/to/image")
-    if wavelet not in pywt.wavelist(kind="discrete"):
-        raise DS2D2ArgError(f"'wavelet={wavelet}' is not a discrete PyWavelets wavelet; e.g. haar, db2, sym4, bior2.2")
+    check_wavelet(wavelet)
     if isinstance(boxes, str) and boxes.lower() not in BOX_SOURCES:
         raise DS2D2ArgError(f"'boxes={boxes}' is unknown; choose one of {', '.join(BOX_SOURCES)} or pass an array")
     if int(imgsz) < 1:

@@ -9,6 +9,12 @@ import pytest
 import torch
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# Under pytest-xdist each worker gets an equal share of the cores (and passes it to the processes its tests start):
+# N workers each running torch on every core would oversubscribe them and run slower than one.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

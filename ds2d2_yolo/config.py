@@ -45,23 +45,26 @@ class Key:
     Attributes:
         default (Any): Its value when the user gives none.
         help (str): One line for `ds2d2-yolo help` and for its comment in `cfg/ds2d2.yaml`.
-        section (str): A comment written above the key in `cfg/ds2d2.yaml`, opening a group of keys.
+        section (str | None): Where the key opens a group in `cfg/ds2d2.yaml`: None continues the previous group,
+            "" starts a new one after a blank line, and any other text is also written above the key as a comment.
     """
 
     default: Any
     help: str
-    section: str = ""
+    section: str | None = None
+
+
+# The opening comment of `cfg/ds2d2.yaml`, above every key.
+CFG_HEADER = (
+    "DS2D2 defaults. Every key can be overridden per run (CLI `key=value` or DS2D2Trainer overrides).\n"
+    "Loss weights are relative to Ultralytics' own detection loss, which multiplies by the batch size; the\n"
+    "DS2D2 terms are scaled the same way, so the ratios hold at any batch size. docs/results.md says how they\n"
+    "were chosen."
+)
 
 
 SCHEMA: dict[str, Key] = {
-    "distill": Key(
-        "ds2d2",
-        " | ".join(distill_methods()),
-        "DS2D2 defaults. Every key can be overridden per run (CLI `key=value` or DS2D2Trainer overrides).\n"
-        "Loss weights are relative to Ultralytics' own detection loss, which multiplies by the batch size; the\n"
-        "DS2D2 terms are scaled the same way, so the ratios hold at any batch size. docs/results.md says how they\n"
-        "were chosen.",
-    ),
+    "distill": Key("ds2d2", " | ".join(distill_methods()), ""),
     "teacher": Key(
         None, "path to an Ultralytics .pt of the same task (detect or obb) and the same classes as the data"
     ),
@@ -83,14 +86,14 @@ SCHEMA: dict[str, Key] = {
     "lambda_imh": Key(0.1, "weight of the high-frequency amplifier term (head trained on HF(teacher neck)), im_high"),
     "beta": Key(1.0, "quality-focal exponent of the classification KD, |sigma(z_s) - sigma(z_t)|^beta"),
     "box_kd": Key(1.0, "weight of the box KD inside each amplifier term relative to its class KD"),
-    "wavelet": Key("haar", "any discrete PyWavelets wavelet (haar, db2, sym4, bior2.2, ...)", " "),
+    "wavelet": Key("haar", "any discrete PyWavelets wavelet (haar, db2, sym4, bior2.2, ...)", ""),
     "wave_mode": Key("zero", "DWT padding: " + " | ".join(WAVE_MODES)),
     "disw": Key(
         "auto",
         "auto (hbb for detect, obb for OBB) | hbb (reference rule, box hull for OBB) | obb (rotated rule) | none",
     ),
     "adapters": Key(
-        "shared", "shared: one 1x1 adapter per level for both streams | per_stream: one set per stream", " "
+        "shared", "shared: one 1x1 adapter per level for both streams | per_stream: one set per stream", ""
     ),
     "kd_warmup": Key(0, "epochs over which the distillation total ramps linearly from 0 to its full weight (0 = off)"),
     "balance": Key(
@@ -103,7 +106,7 @@ SCHEMA: dict[str, Key] = {
         8, "with balance=grad, steps measured (the last ones before the warm-up ends) to set the weights"
     ),
     "diagnose": Key(0, "every N steps, log gradient ratios/cosines and feature distances to diagnostics.csv (0 = off)"),
-    "explicit": Key(True, "explicit stream on/off (ablation)", " "),
+    "explicit": Key(True, "explicit stream on/off (ablation)", ""),
     "implicit_full": Key(True, "full-frequency amplifier on/off (ablation)"),
     "implicit_high": Key(True, "high-frequency amplifier on/off (ablation)"),
     "cwd_tau": Key(1.0, "CWD temperature", "Baselines sharing the same hooks and adapters."),
@@ -116,14 +119,10 @@ SCHEMA: dict[str, Key] = {
 
 def render_cfg() -> str:
     """`cfg/ds2d2.yaml` as the schema writes it: each key with its default and its help as a comment."""
-    lines: list[str] = []
+    lines = [f"# {x}" for x in CFG_HEADER.splitlines()]
     for k, key in SCHEMA.items():
-        if key.section:
-            if lines:
-                lines.append("")
-            lines += [f"# {x}".rstrip() for x in key.section.strip().splitlines()]
-            if k == "distill":
-                lines.append("")
+        if key.section is not None:
+            lines += ["", *(f"# {x}" for x in key.section.splitlines())]
         v = "" if key.default is None else yaml.safe_dump(key.default, default_flow_style=True).split("\n")[0]
         lines.append(f"{k}: {v}".rstrip() + f" # {key.help}")
     return "\n".join(lines) + "\n"

@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--methods", default="native,ds2d2,none", help="comma-separated comparison rows, native included")
+    p.add_argument("--rss-repeats", type=int, default=2, help="child processes per method for the peak memory")
     p.add_argument("--child", default=None)
     a = p.parse_args(argv)
     try:
@@ -210,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     times = interleaved(methods, a)
     rss = {m: [] for m in methods}
-    for i in range(2):
-        for m in methods if i == 0 else methods[::-1]:
+    for i in range(max(1, a.rss_repeats)):
+        for m in methods if i % 2 == 0 else methods[::-1]:
             rss[m].append(peak_rss(m, a))
     med = {m: statistics.median(v) for m, v in times.items()}
     mem = {m: max(v) for m, v in rss.items()}

@@ -20,7 +20,7 @@ def test_step_cost_rows_per_method(tiny_models, synth_obb, capsys):
             "--data", str(synth_obb),
             "--teacher", str(tiny_models["obb_teacher"]),
             "--student", str(tiny_models["obb_student"]),
-            "--nc", "3", "--imgsz", "64", "--batch", "2", "--steps", "3", "--warmup", "1",
+            "--nc", "3", "--imgsz", "64", "--batch", "2", "--steps", "3", "--warmup", "1", "--rss-repeats", "1",
             "--methods", ",".join(methods),
         ]
     )  # fmt: skip

@@ -50,6 +50,12 @@ METHODS = ("none", "ds2d2")
 # AdamW at 0.005 learns faster than at 0.002 (0.30 vs 0.22) on this budget.
 TRAIN_SETTINGS = {"optimizer": "AdamW", "lr0": 0.005, "mosaic": 0.0}
 TEACHER_BATCH = 16
+# The students also take an optimizer step every batch (nbs = batch): at Ultralytics' nbs=64, 64 images at batch 8 give
+# one step an epoch after warm-up, and the none student reached 0.355 mAP50 where it reaches 0.521 this way (seed 0).
+# The DS2D2 weights are set from measured gradient ratios (balance=grad): the shipped weights fit the DOTA teacher's
+# features, and on this tiny teacher's the explicit low band alone outweighed the detection loss (ex_low 3-13 against
+# about 7), which left the ds2d2 student at 0.488 (0.108 at nbs=64) where balance=grad gives 0.524.
+STUDENT_SETTINGS = {"ds2d2": {"balance": "grad"}}
 
 
 def _log(msg: str) -> None:
@@ -348,19 +354,20 @@ def run_demo(
         plots=False,
         amp=False,
         amp_epochs=amp_epochs,
+        nbs=batch,
         project=str(out),
         exist_ok=True,
         verbose=False,
     )
-    runs = {m: train_student(m, shared) for m in METHODS}
+    runs = {m: train_student(m, {**shared, **STUDENT_SETTINGS.get(m, {})}) for m in METHODS}
 
     results = {"teacher": {k: teacher[k] for k in ("mAP50", "mAP50-95", "train_s", "reused")}}
     results.update({m: {k: runs[m][k] for k in ("mAP50", "mAP50-95", "train_s")} for m in ("none", "ds2d2")})
     settings = (
         f"Synthetic OBB scenes at {imgsz} px (vehicles, ships, planes): teacher YOLOv8-OBB width {teacher_width} "
         f"trained on {n_teacher} scenes; students width {student_width} from scratch on {n_train} other scenes, "
-        f"{epochs} epochs, batch {batch}, seed {seed}; {n_val} shared validation scenes. Every run: AdamW lr0 "
-        f"{TRAIN_SETTINGS['lr0']}, no mosaic."
+        f"{epochs} epochs, batch {batch} (an optimizer step every batch), seed {seed}; {n_val} shared validation "
+        f"scenes. Every run: AdamW lr0 {TRAIN_SETTINGS['lr0']}, no mosaic; ds2d2 with balance=grad."
     )
     text = format_table(results, settings)
     (out / "demo.md").write_text(text, encoding="utf-8")

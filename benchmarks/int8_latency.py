@@ -1,0 +1,112 @@
+"""CPU latency of the edge files: the FP32 teacher against pruned students in FP32 and INT8, batch 1.
+
+Every model is exported to ONNX at `--imgsz` with Ultralytics, each student is quantized with
+`ds2d2_yolo.tools.quantize.quantize_onnx` (static QDQ, calibrated on `--calib` training images of `--data`), and with
+`--openvino` also through Ultralytics' own OpenVINO INT8 export (NNCF). The files are timed in rounds, every file once
+per round in the same order, so that drifting machine load reaches all of them; a row gives the range of the round
+medians and the ratio to the teacher within each round. The CPU's model and its INT8 instructions are printed, since
+INT8 speed depends on them (VNNI, AMX).
+
+Examples:
+    python benchmarks/int8_latency.py --teacher ../shared/weights/yolov8n-obb-dota.pt \
+        --student runs/regimes/pruned/prune50.pt --data runs/regimes/r3-prune50/report.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+from ds2d2_yolo.tools.compress import export_to
+from ds2d2_yolo.tools.latency import measure_latency
+from ds2d2_yolo.tools.quantize import openvino_available, quantize_onnx, split_images
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_info() -> dict[str, str | list[str]]:
+    """The CPU's model name and which of the INT8-relevant instruction sets it reports (Linux /proc/cpuinfo)."""
+    info: dict[str, str | list[str]] = {"cpu": platform.processor() or platform.machine(), "int8_flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            info["cpu"] = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            info["int8_flags"] = [f for f in INT8_FLAGS if f in flags]
+            break
+    return info
+
+
+def build_files(a: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """Export the teacher and every student, and quantize the students; name -> file, teacher first."""
+    files = {"teacher FP32": export_to(a.teacher, "onnx", work / "teacher.onnx", imgsz=a.imgsz, batch=1, device="cpu")}
+    calib = split_images(a.data, "train", a.calib)
+    for s in a.student:
+        tag = Path(s).stem
+        fp32 = export_to(s, "onnx", work / f"{tag}.onnx", imgsz=a.imgsz, batch=1, device="cpu")
+        files[f"{tag} FP32"] = fp32
+        files[f"{tag} INT8 (ORT)"] = quantize_onnx(fp32, work / f"{tag}-int8.onnx", calib, a.imgsz)
+        if a.openvino:
+            ov = export_to(s, "openvino", work / f"{tag}-ov", imgsz=a.imgsz, batch=1, int8=True, data=a.data)
+            files[f"{tag} INT8 (OpenVINO)"] = ov
+    return files
+
+
+def main() -> None:
+    """Export, quantize and time every file, then print and write the table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", required=True, help="FP32 teacher .pt")
+    ap.add_argument("--student", action="append", required=True, help="student .pt (repeatable)")
+    ap.add_argument("--data", required=True, help="dataset yaml; its training images calibrate INT8")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--calib", type=int, default=64, help="calibration images")
+    ap.add_argument("--runs", type=int, default=25, help="timed runs per file and round (the median is kept)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", default="1,0", help="comma-separated thread counts; 0 = the runtime's default")
+    ap.add_argument("--openvino", action="store_true", help="also time Ultralytics' OpenVINO INT8 export")
+    ap.add_argument("--out", type=Path, default=Path("runs/int8-latency"))
+    a = ap.parse_args()
+    if a.openvino and not openvino_available():
+        raise SystemExit('--openvino needs openvino and nncf: pip install -e ".[compress]"')
+    a.out.mkdir(parents=True, exist_ok=True)
+    files = build_files(a, a.out)
+    cpu = cpu_info()
+    ms: dict[tuple[str, int], list[float]] = {}
+    for threads in (int(t) for t in a.threads.split(",")):
+        for _ in range(a.rounds):
+            for name, path in files.items():
+                r = measure_latency(path, a.imgsz, a.runs, threads=threads or None)
+                ms.setdefault((name, threads), []).append(r["ms"])
+    lines = [
+        f"CPU: {cpu['cpu']}; INT8 instructions: {', '.join(cpu['int8_flags']) or 'none of ' + ', '.join(INT8_FLAGS)}",
+        f"imgsz {a.imgsz}, batch 1, median of {a.runs} runs per round, {a.rounds} rounds",
+        "",
+        "| file | threads | ms (range of round medians) | ratio to teacher FP32 (per round) |",
+        "|---|---|---|---|",
+    ]
+    for (name, threads), v in ms.items():
+        t = ms[("teacher FP32", threads)]
+        ratio = [x / y for x, y in zip(v, t)]
+        lines.append(
+            f"| {name} | {threads or 'all'} | {min(v):.1f}–{max(v):.1f} | "
+            f"{'—' if name == 'teacher FP32' else f'{min(ratio):.2f}–{max(ratio):.2f}'} |"
+        )
+    table = "\n".join(lines) + "\n"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    record = {"commit": commit.stdout.strip(), **cpu, "settings": {k: str(v) for k, v in vars(a).items()}}
+    record["ms"] = {f"{n}@{t or 'all'}": v for (n, t), v in ms.items()}
+    (a.out / "latency.json").write_text(json.dumps(record, indent=1))
+    (a.out / "latency.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

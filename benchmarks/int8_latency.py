@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 from pathlib import Path
+
+from int8_drop import git_commit
 
 from ds2d2_yolo.tools.compress import export_to
 from ds2d2_yolo.tools.latency import measure_latency
@@ -55,7 +56,9 @@ def build_files(a: argparse.Namespace, work: Path) -> dict[str, Path]:
         files[f"{tag} FP32"] = fp32
         files[f"{tag} INT8 (ORT)"] = quantize_onnx(fp32, work / f"{tag}-int8.onnx", calib, a.imgsz)
         if a.openvino:
-            ov = export_to(s, "openvino", work / f"{tag}-ov", imgsz=a.imgsz, batch=1, int8=True, data=a.data)
+            ov = export_to(
+                s, "openvino", work / f"{tag}-ov", imgsz=a.imgsz, batch=1, int8=True, data=a.data, split="train"
+            )
             files[f"{tag} INT8 (OpenVINO)"] = ov
     return files
 
@@ -100,8 +103,7 @@ def main() -> None:
             f"{'—' if name == 'teacher FP32' else f'{min(ratio):.2f}–{max(ratio):.2f}'} |"
         )
     table = "\n".join(lines) + "\n"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    record = {"commit": commit.stdout.strip(), **cpu, "settings": {k: str(v) for k, v in vars(a).items()}}
+    record = {"commit": git_commit(), **cpu, "settings": {k: str(v) for k, v in vars(a).items()}}
     record["ms"] = {f"{n}@{t or 'all'}": v for (n, t), v in ms.items()}
     (a.out / "latency.json").write_text(json.dumps(record, indent=1))
     (a.out / "latency.md").write_text(table)

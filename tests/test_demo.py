@@ -30,7 +30,9 @@ def test_demo_tiny(tmp_path):
     # A rerun's teacher step (the students would only train again) reuses the saved teacher and scores it afresh.
     mtime = (out / "teacher" / "weights" / "best.pt").stat().st_mtime_ns
     data = out / "data"
-    again = train_teacher(data / "teacher.yaml", out, 64, 1, 0, 0.25, data / "student" / "data.yaml")
+    again = train_teacher(
+        data / "teacher.yaml", out, kw["imgsz"], kw["teacher_epochs"], 0, 0.25, data / "student" / "data.yaml"
+    )
     assert again["reused"] and (out / "teacher" / "weights" / "best.pt").stat().st_mtime_ns == mtime
     assert again["train_s"] == results["teacher"]["train_s"]  # the recorded time is reported again
     assert again["mAP50"] == results["teacher"]["mAP50"]  # the same weights on the same split

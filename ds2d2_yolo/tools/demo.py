@@ -367,7 +367,9 @@ def run_demo(
         f"Synthetic OBB scenes at {imgsz} px (vehicles, ships, planes): teacher YOLOv8-OBB width {teacher_width} "
         f"trained on {n_teacher} scenes; students width {student_width} from scratch on {n_train} other scenes, "
         f"{epochs} epochs, batch {batch} (an optimizer step every batch), seed {seed}; {n_val} shared validation "
-        f"scenes. Every run: AdamW lr0 {TRAIN_SETTINGS['lr0']}, no mosaic; ds2d2 with balance=grad."
+        f"scenes. Every run: AdamW lr0 {TRAIN_SETTINGS['lr0']}, no mosaic"
+        + "".join(f"; {m} with " + ", ".join(f"{k}={v}" for k, v in s.items()) for m, s in STUDENT_SETTINGS.items())
+        + "."
     )
     text = format_table(results, settings)
     (out / "demo.md").write_text(text, encoding="utf-8")

@@ -5,20 +5,26 @@ Every model is exported to ONNX at `--imgsz` with Ultralytics, each student is q
 `--openvino` also through Ultralytics' own OpenVINO INT8 export (NNCF). The files are timed in rounds, every file once
 per round in the same order, so that drifting machine load reaches all of them; a row gives the range of the round
 medians and the ratio to the teacher within each round. The CPU's model and its INT8 instructions are printed, since
-INT8 speed depends on them (VNNI, AMX).
+INT8 speed depends on them (VNNI, AMX). `--ort-variants` adds ONNX Runtime quantization settings other than the
+shipped one, and `--profile` prints where each ONNX file spends its time, by operator type (ONNX Runtime's profiler,
+one thread).
 
 Examples:
     python benchmarks/int8_latency.py --teacher ../shared/weights/yolov8n-obb-dota.pt \
-        --student runs/regimes/pruned/prune50.pt --data runs/regimes/r3-prune50/report.yaml
+        --student runs/regimes/pruned/prune50.pt --data runs/regimes/r3-prune50/report.yaml --ort-variants --profile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from int8_drop import git_commit
 
 from ds2d2_yolo.tools.compress import export_to
@@ -26,6 +32,45 @@ from ds2d2_yolo.tools.latency import measure_latency
 from ds2d2_yolo.tools.quantize import openvino_available, quantize_onnx, split_images
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def ort_variants() -> dict[str, dict[str, Any]]:
+    """ONNX Runtime quantization settings compared with the shipped one: label -> `quantize_onnx` options."""
+    import onnxruntime.quantization as ortq  # optional: pip install -e .[compress]
+
+    return {
+        "Conv only": {"op_types_to_quantize": ["Conv"]},
+        "QOperator": {"quant_format": ortq.QuantFormat.QOperator},
+        "8-bit weights": {"reduce_range": False},
+        "s8 activations": {"activation_type": ortq.QuantType.QInt8, "reduce_range": False},
+    }
+
+
+def op_profile(path: Path, imgsz: int, runs: int = 15) -> dict[str, float]:
+    """Milliseconds per forward pass spent in each operator type of an ONNX file (one thread, batch 1), largest
+    first, from ONNX Runtime's own profiler; the few warm-up passes are left out."""
+    import onnxruntime as ort  # optional: pip install -e .[compress]
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.enable_profiling = True
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.rand(1, 3, imgsz, imgsz).astype(np.float32)}
+    warmup = 3
+    for _ in range(warmup):
+        session.run(None, feed)
+    for _ in range(runs):
+        session.run(None, feed)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    os.remove(trace)
+    # Kernel events carry their op type; the first `warmup` passes are dropped by their order in the trace.
+    kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    per_pass = len(kernels) // (warmup + runs)
+    total: Counter[str] = Counter()
+    for e in kernels[warmup * per_pass :]:
+        total[e["args"]["op_name"]] += e["dur"] / 1000 / runs
+    return dict(total.most_common())
 
 
 def cpu_info() -> dict[str, str | list[str]]:
@@ -55,6 +100,9 @@ def build_files(a: argparse.Namespace, work: Path) -> dict[str, Path]:
         fp32 = export_to(s, "onnx", work / f"{tag}.onnx", imgsz=a.imgsz, batch=1, device="cpu")
         files[f"{tag} FP32"] = fp32
         files[f"{tag} INT8 (ORT)"] = quantize_onnx(fp32, work / f"{tag}-int8.onnx", calib, a.imgsz)
+        for i, (label, options) in enumerate(ort_variants().items() if a.ort_variants else ()):
+            dst = work / f"{tag}-int8-v{i}.onnx"
+            files[f"{tag} INT8 (ORT, {label})"] = quantize_onnx(fp32, dst, calib, a.imgsz, options=options)
         if a.openvino:
             ov = export_to(
                 s, "openvino", work / f"{tag}-ov", imgsz=a.imgsz, batch=1, int8=True, data=a.data, split="train"
@@ -75,6 +123,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", default="1,0", help="comma-separated thread counts; 0 = the runtime's default")
     ap.add_argument("--openvino", action="store_true", help="also time Ultralytics' OpenVINO INT8 export")
+    ap.add_argument("--ort-variants", action="store_true", help="also time other ONNX Runtime INT8 settings")
+    ap.add_argument("--profile", action="store_true", help="print each ONNX file's time by operator type")
     ap.add_argument("--out", type=Path, default=Path("runs/int8-latency"))
     a = ap.parse_args()
     if a.openvino and not openvino_available():
@@ -102,9 +152,24 @@ def main() -> None:
             f"| {name} | {threads or 'all'} | {min(v):.1f}–{max(v):.1f} | "
             f"{'—' if name == 'teacher FP32' else f'{min(ratio):.2f}–{max(ratio):.2f}'} |"
         )
+    profiles = {n: op_profile(f, a.imgsz) for n, f in files.items() if a.profile and f.suffix == ".onnx"}
+    if profiles:
+        lines += [
+            "",
+            "Time by operator type, ONNX Runtime profiler, 1 thread (ms per pass; the five largest, then the rest):",
+            "",
+            "| file | total | largest operator types (ms) |",
+            "|---|---|---|",
+        ]
+        for name, prof in profiles.items():
+            top = list(prof.items())[:5]
+            rest = sum(prof.values()) - sum(v for _, v in top)
+            cells = ", ".join(f"{k} {v:.1f}" for k, v in top) + f", other {rest:.1f}"
+            lines.append(f"| {name} | {sum(prof.values()):.1f} | {cells} |")
     table = "\n".join(lines) + "\n"
     record = {"commit": git_commit(), **cpu, "settings": {k: str(v) for k, v in vars(a).items()}}
     record["ms"] = {f"{n}@{t or 'all'}": v for (n, t), v in ms.items()}
+    record["profile_ms"] = profiles
     (a.out / "latency.json").write_text(json.dumps(record, indent=1))
     (a.out / "latency.md").write_text(table)
     print(table)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import V8_TEACHER, Y26_TEACHER, need_shared, save_checkpoint, train_overrides
@@ -143,6 +144,33 @@ def test_pruned_file_is_plain(compressed, synth_obb):
     _, kind, kind_best, n, n_best, map50, onnx_file = line.split()
     assert (kind, kind_best, n, n_best) == ("OBBModel", "OBBModel", "1", "1") and Path(onnx_file).is_file()
     assert 0 <= float(map50) <= 1
+
+
+def test_quantize_options_replace_defaults(compressed, synth_obb, tmp_path):
+    """`options` reach quantize_static: by default SiLU is quantized too (a QuantizeLinear after its Sigmoid); with
+    only Conv quantized none is, and both files still run in ONNX Runtime with the FP32 file's outputs' shapes."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from ds2d2_yolo.tools.quantize import quantize_onnx, split_images
+
+    images = split_images(synth_obb, "train", 4)
+    default = quantize_onnx(compressed / "student.onnx", tmp_path / "all.onnx", images, 64)
+    conv = quantize_onnx(
+        compressed / "student.onnx", tmp_path / "conv.onnx", images, 64, options={"op_types_to_quantize": ["Conv"]}
+    )
+
+    def quantized_sigmoids(path: Path) -> int:
+        graph = onnx.load(str(path)).graph
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        return sum(n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) == "Sigmoid" for n in graph.node)
+
+    assert quantized_sigmoids(default) > 0 and quantized_sigmoids(conv) == 0
+    x = {"images": np.random.rand(1, 3, 64, 64).astype(np.float32)}
+    shapes = [
+        [o.shape for o in ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, x)]
+        for f in (compressed / "student.onnx", default, conv)
+    ]
+    assert shapes[0] == shapes[1] == shapes[2]
 
 
 def test_compress_stage_failure_is_one_line(tmp_path, tiny_models, synth_obb, capsys, monkeypatch):

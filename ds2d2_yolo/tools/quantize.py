@@ -148,6 +148,7 @@ def quantize_onnx(
     imgsz: int,
     head_index: int | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """Quantize an FP32 ONNX detector to INT8 (QDQ: u8 activations, per-channel s8 weights), calibrated on `images`.
 
@@ -162,6 +163,8 @@ def quantize_onnx(
         imgsz (int): The export's square input size.
         head_index (int | None): Index of the Detect layer (see `float_head_nodes`). None: the last layer found.
         progress (Callable | None): Wraps the calibration image iterator.
+        options (dict | None): `onnxruntime.quantization.quantize_static` keywords that replace the defaults above
+            (e.g. `{"op_types_to_quantize": ["Conv"]}`), for comparing settings.
 
     Returns:
         (Path): The INT8 file. Ultralytics metadata (stride, names, task, imgsz) is copied so `YOLO(dst)` works.
@@ -175,18 +178,16 @@ def quantize_onnx(
         idx = [int(n.name.split("/")[1].split(".")[1]) for n in model.graph.node if n.name.startswith("/model.")]
         head_index = max(idx)
     reader = calibration_reader(images, imgsz, model.graph.input[0].name, progress)
-    ortq.quantize_static(
-        str(src),
-        str(dst),
-        reader,
-        quant_format=ortq.QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=True,
-        activation_type=ortq.QuantType.QUInt8,
-        weight_type=ortq.QuantType.QInt8,
-        nodes_to_exclude=float_head_nodes(model, head_index),
-        calibrate_method=ortq.CalibrationMethod.MinMax,
-    )
+    settings = {
+        "quant_format": ortq.QuantFormat.QDQ,
+        "per_channel": True,
+        "reduce_range": True,
+        "activation_type": ortq.QuantType.QUInt8,
+        "weight_type": ortq.QuantType.QInt8,
+        "nodes_to_exclude": float_head_nodes(model, head_index),
+        "calibrate_method": ortq.CalibrationMethod.MinMax,
+    }
+    ortq.quantize_static(str(src), str(dst), reader, **{**settings, **(options or {})})
     out = onnx.load(str(dst))
     meta = {p.key: p.value for p in model.metadata_props}
     del out.metadata_props[:]

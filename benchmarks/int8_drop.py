@@ -5,8 +5,13 @@ training size, quantized with `ds2d2_yolo.tools.quantize.quantize_onnx` (calibra
 are validated with Ultralytics' `val` on the regime's split. One record per run goes to `int8.jsonl` beside the
 regime's `results.jsonl` (resumable: finished runs are skipped), and the table to `int8.md`.
 
+`--split` validates on another split of the same regime (e.g. the tune split, to choose quantization settings without
+looking at the report images) and `--set` replaces quantization settings; either writes `int8-<split>[-<tag>].jsonl`.
+
 Examples:
     python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report
+    python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report --split tune --tag entropy \
+        --set '{"calibrate_method": "Entropy"}'
 """
 
 from __future__ import annotations
@@ -16,10 +21,19 @@ import json
 import statistics
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from ds2d2_yolo.tools.compress import export_to
 from ds2d2_yolo.tools.prune import validate
-from ds2d2_yolo.tools.quantize import quantize_onnx, split_images
+from ds2d2_yolo.tools.quantize import quantize_onnx, require_ort_quantization, split_images
+
+# quantize_static keywords whose values are ONNX Runtime enums, given by member name in --set.
+ENUM_OPTIONS = {
+    "calibrate_method": "CalibrationMethod",
+    "quant_format": "QuantFormat",
+    "activation_type": "QuantType",
+    "weight_type": "QuantType",
+}
 
 
 def git_commit() -> str:
@@ -30,11 +44,31 @@ def git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def int8_record(weights: Path, data: Path, imgsz: int, calib: int, work: Path) -> dict[str, float]:
-    """Export, quantize and validate one run's weights; mAPs of both files and the INT8 change."""
+def quantize_options(text: str) -> dict[str, Any]:
+    """`--set` JSON as quantize_static keywords, enum members given by name (e.g. {"calibrate_method": "Entropy"}).
+
+    Raises:
+        SystemExit: On a member name ONNX Runtime does not have, listing the ones it has.
+    """
+    ortq = require_ort_quantization()
+    options = json.loads(text)
+    for key, enum_name in ENUM_OPTIONS.items():
+        if key in options:
+            enum = getattr(ortq, enum_name)
+            if options[key] not in enum.__members__:
+                raise SystemExit(f"--set {key}={options[key]!r} is unknown; choose from {', '.join(enum.__members__)}")
+            options[key] = enum[options[key]]
+    return options
+
+
+def int8_record(
+    weights: Path, data: Path, imgsz: int, calib: int, work: Path, options: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """Export, quantize (with `options` replacing quantize_onnx's settings) and validate one run's weights; mAPs of
+    both files and the INT8 change."""
     work.mkdir(parents=True, exist_ok=True)
     fp32 = export_to(weights, "onnx", work / "fp32.onnx", imgsz=imgsz, device="cpu", batch=1)
-    int8 = quantize_onnx(fp32, work / "int8.onnx", split_images(data, "train", calib), imgsz)
+    int8 = quantize_onnx(fp32, work / "int8.onnx", split_images(data, "train", calib), imgsz, options=options)
     a = validate(fp32, str(data), imgsz, 1, "cpu", work / "val-fp32")
     b = validate(int8, str(data), imgsz, 1, "cpu", work / "val-int8")
     return {
@@ -75,33 +109,46 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="a regime/split folder holding results.jsonl and runs/")
     ap.add_argument("--calib", type=int, default=64, help="calibration images from the training split")
-    ap.add_argument("--report", action="store_true", help="only rebuild int8.md from int8.jsonl")
+    ap.add_argument("--split", default="", help="validate on this split of the regime instead (e.g. tune)")
+    ap.add_argument("--set", default="{}", help="quantize_static keywords as JSON (see the examples)")
+    ap.add_argument("--methods", default="", help="comma-separated methods to quantize; all when empty")
+    ap.add_argument("--tag", default="", help="name of the --set settings, in the record file's name")
+    ap.add_argument("--report", action="store_true", help="only rebuild the table from the records")
     a = ap.parse_args()
-    out = a.folder / "int8.jsonl"
+    own = a.folder.name.split("-", 1)[1]  # dota-report -> report
+    split = a.split or own
+    options = quantize_options(a.set)
+    if options and not a.tag:
+        raise SystemExit("--set needs --tag, the name its records are kept under")
+    stem = "int8" if split == own and not a.tag else "-".join(x for x in ("int8", split, a.tag) if x)
+    out = a.folder / f"{stem}.jsonl"
     commit = git_commit()
     done = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
     if not a.report:
-        data = a.folder.parent / f"{a.folder.name.split('-', 1)[1]}.yaml"  # dota-report -> report.yaml
+        data = a.folder.parent / f"{split}.yaml"
         if not data.is_file():
             raise SystemExit(f"{data} not found: run the regime first (benchmarks/regimes.py)")
         for line in (a.folder / "results.jsonl").read_text().splitlines():
             r = json.loads(line)
             if any(d["method"] == r["method"] and d["seed"] == r["seed"] for d in done):
                 continue
+            if a.methods and r["method"] not in a.methods.split(","):
+                continue
             weights = a.folder / "runs" / f"{r['method']}-s{r['seed']}" / "weights" / "last.pt"
             if not weights.is_file():
                 print(f"[int8] {weights} missing; skipped")
                 continue
             imgsz = int(r["settings"]["imgsz"])
-            rec = {"method": r["method"], "seed": r["seed"], "imgsz": imgsz, "calib": a.calib}
-            rec.update(commit=commit, train_commit=r["commit"])
-            rec.update(int8_record(weights, data, imgsz, a.calib, a.folder / "int8" / f"{r['method']}-s{r['seed']}"))
+            rec = {"method": r["method"], "seed": r["seed"], "imgsz": imgsz, "calib": a.calib, "split": split}
+            rec.update(commit=commit, train_commit=r["commit"], options=a.set)
+            work = a.folder / stem / f"{r['method']}-s{r['seed']}"
+            rec.update(int8_record(weights, data, imgsz, a.calib, work, options))
             print(f"[int8] {r['method']} seed {r['seed']}: Δ mAP50 {rec['d50']:+.4f}", flush=True)
             with open(out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             done.append(rec)
     table = int8_table(done) if done else "no records\n"
-    (a.folder / "int8.md").write_text(table)
+    (a.folder / f"{stem}.md").write_text(table)
     print(table)
 
 

@@ -10,8 +10,8 @@ looking at the report images) and `--set` replaces quantization settings; either
 
 Examples:
     python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report
-    python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report --split tune --tag entropy \
-        --set '{"calibrate_method": "Entropy"}'
+    python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report --split tune --tag percentile \
+        --set '{"calibrate_method": "Percentile"}'
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def git_commit() -> str:
 
 
 def quantize_options(text: str) -> dict[str, Any]:
-    """`--set` JSON as quantize_static keywords, enum members given by name (e.g. {"calibrate_method": "Entropy"}).
+    """`--set` JSON as quantize_static keywords, enum members given by name (e.g. {"calibrate_method": "Percentile"}).
 
     Raises:
         SystemExit: On a member name ONNX Runtime does not have, listing the ones it has.

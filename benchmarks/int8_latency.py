@@ -22,10 +22,9 @@ import os
 import platform
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from int8_drop import git_commit
+from int8_drop import git_commit, quantize_options
 
 from ds2d2_yolo.tools.compress import export_to
 from ds2d2_yolo.tools.latency import measure_latency
@@ -34,16 +33,13 @@ from ds2d2_yolo.tools.quantize import openvino_available, quantize_onnx, split_i
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def ort_variants() -> dict[str, dict[str, Any]]:
-    """ONNX Runtime quantization settings compared with the shipped one: label -> `quantize_onnx` options."""
-    import onnxruntime.quantization as ortq  # optional: pip install -e .[compress]
-
-    return {
-        "Conv only": {"op_types_to_quantize": ["Conv"]},
-        "QOperator": {"quant_format": ortq.QuantFormat.QOperator},
-        "8-bit weights": {"reduce_range": False},
-        "s8 activations": {"activation_type": ortq.QuantType.QInt8, "reduce_range": False},
-    }
+# ONNX Runtime quantization settings compared with the shipped one: label -> `--set`-style JSON (int8_drop's parser).
+ORT_VARIANTS = {
+    "Conv only": '{"op_types_to_quantize": ["Conv"]}',
+    "QOperator": '{"quant_format": "QOperator"}',
+    "8-bit weights": '{"reduce_range": false}',
+    "s8 activations": '{"activation_type": "QInt8", "reduce_range": false}',
+}
 
 
 def op_profile(path: Path, imgsz: int, runs: int = 15) -> dict[str, float]:
@@ -100,8 +96,8 @@ def build_files(a: argparse.Namespace, work: Path) -> dict[str, Path]:
         fp32 = export_to(s, "onnx", work / f"{tag}.onnx", imgsz=a.imgsz, batch=1, device="cpu")
         files[f"{tag} FP32"] = fp32
         files[f"{tag} INT8 (ORT)"] = quantize_onnx(fp32, work / f"{tag}-int8.onnx", calib, a.imgsz)
-        for i, (label, options) in enumerate(ort_variants().items() if a.ort_variants else ()):
-            dst = work / f"{tag}-int8-v{i}.onnx"
+        for i, (label, text) in enumerate(ORT_VARIANTS.items() if a.ort_variants else ()):
+            dst, options = work / f"{tag}-int8-v{i}.onnx", quantize_options(text)
             files[f"{tag} INT8 (ORT, {label})"] = quantize_onnx(fp32, dst, calib, a.imgsz, options=options)
         if a.openvino:
             ov = export_to(

@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ds2d2_yolo.tools.compress import export_to
+from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.prune import validate
 from ds2d2_yolo.tools.quantize import quantize_onnx, require_ort_quantization, split_images
 

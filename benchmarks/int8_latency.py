@@ -9,6 +9,10 @@ INT8 speed depends on them (VNNI, AMX). `--ort-variants` adds ONNX Runtime quant
 shipped one, and `--profile` prints where each ONNX file spends its time, by operator type (ONNX Runtime's profiler,
 one thread).
 
+Every file is exported with this package's DFL decode (`ds2d2_yolo.tools.export`, the same function in a faster graph);
+the teacher is also exported as Ultralytics exports it, the baseline a user has, and `--ultralytics-decode` adds each
+student's INT8 file with Ultralytics' decode too. Ratios are given to both teacher files.
+
 Examples:
     python benchmarks/int8_latency.py --teacher ../shared/weights/yolov8n-obb-dota.pt \
         --student runs/regimes/pruned/prune50.pt --data runs/regimes/r3-prune50/report.yaml --ort-variants --profile
@@ -26,11 +30,12 @@ from pathlib import Path
 import numpy as np
 from int8_drop import git_commit, quantize_options
 
-from ds2d2_yolo.tools.compress import export_to
+from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.latency import measure_latency
 from ds2d2_yolo.tools.quantize import openvino_available, quantize_onnx, split_images
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+TEACHER, TEACHER_UL = "teacher FP32", "teacher FP32 (Ultralytics export)"
 
 
 # ONNX Runtime quantization settings compared with the shipped one: label -> `--set`-style JSON (int8_drop's parser).
@@ -89,13 +94,22 @@ def cpu_info() -> dict[str, str | list[str]]:
 
 def build_files(a: argparse.Namespace, work: Path) -> dict[str, Path]:
     """Export the teacher and every student, and quantize the students; name -> file, teacher first."""
-    files = {"teacher FP32": export_to(a.teacher, "onnx", work / "teacher.onnx", imgsz=a.imgsz, batch=1, device="cpu")}
+    kw = {"imgsz": a.imgsz, "batch": 1, "device": "cpu"}
+    files = {
+        TEACHER: export_to(a.teacher, "onnx", work / "teacher.onnx", **kw),
+        TEACHER_UL: export_to(a.teacher, "onnx", work / "teacher-ul.onnx", fast_dfl=False, **kw),
+    }
     calib = split_images(a.data, "train", a.calib)
     for s in a.student:
         tag = Path(s).stem
-        fp32 = export_to(s, "onnx", work / f"{tag}.onnx", imgsz=a.imgsz, batch=1, device="cpu")
+        fp32 = export_to(s, "onnx", work / f"{tag}.onnx", **kw)
         files[f"{tag} FP32"] = fp32
         files[f"{tag} INT8 (ORT)"] = quantize_onnx(fp32, work / f"{tag}-int8.onnx", calib, a.imgsz)
+        if a.ultralytics_decode:
+            ul = export_to(s, "onnx", work / f"{tag}-ul.onnx", fast_dfl=False, **kw)
+            files[f"{tag} INT8 (ORT, Ultralytics decode)"] = quantize_onnx(
+                ul, work / f"{tag}-ul-int8.onnx", calib, a.imgsz
+            )
         for i, (label, text) in enumerate(ORT_VARIANTS.items() if a.ort_variants else ()):
             dst, options = work / f"{tag}-int8-v{i}.onnx", quantize_options(text)
             files[f"{tag} INT8 (ORT, {label})"] = quantize_onnx(fp32, dst, calib, a.imgsz, options=options)
@@ -121,6 +135,9 @@ def main() -> None:
     ap.add_argument("--openvino", action="store_true", help="also time Ultralytics' OpenVINO INT8 export")
     ap.add_argument("--ort-variants", action="store_true", help="also time other ONNX Runtime INT8 settings")
     ap.add_argument("--profile", action="store_true", help="print each ONNX file's time by operator type")
+    ap.add_argument(
+        "--ultralytics-decode", action="store_true", help="also time each student's INT8 file with Ultralytics' decode"
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/int8-latency"))
     a = ap.parse_args()
     if a.openvino and not openvino_available():
@@ -138,16 +155,15 @@ def main() -> None:
         f"CPU: {cpu['cpu']}; INT8 instructions: {', '.join(cpu['int8_flags']) or 'none of ' + ', '.join(INT8_FLAGS)}",
         f"imgsz {a.imgsz}, batch 1, median of {a.runs} runs per round, {a.rounds} rounds",
         "",
-        "| file | threads | ms (range of round medians) | ratio to teacher FP32 (per round) |",
-        "|---|---|---|---|",
+        f"| file | threads | ms (range of round medians) | ratio to {TEACHER} | ratio to {TEACHER_UL} |",
+        "|---|---|---|---|---|",
     ]
     for (name, threads), v in ms.items():
-        t = ms[("teacher FP32", threads)]
-        ratio = [x / y for x, y in zip(v, t)]
-        lines.append(
-            f"| {name} | {threads or 'all'} | {min(v):.1f}–{max(v):.1f} | "
-            f"{'—' if name == 'teacher FP32' else f'{min(ratio):.2f}–{max(ratio):.2f}'} |"
-        )
+        cells = []
+        for ref in (TEACHER, TEACHER_UL):
+            ratio = [x / y for x, y in zip(v, ms[(ref, threads)])]
+            cells.append("—" if name == ref else f"{min(ratio):.2f}–{max(ratio):.2f}")
+        lines.append(f"| {name} | {threads or 'all'} | {min(v):.1f}–{max(v):.1f} | {cells[0]} | {cells[1]} |")
     profiles = {n: op_profile(f, a.imgsz) for n, f in files.items() if a.profile and f.suffix == ".onnx"}
     if profiles:
         lines += [

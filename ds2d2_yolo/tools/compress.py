@@ -25,13 +25,13 @@ from typing import Any
 import matplotlib
 import matplotlib.pyplot as plt
 import yaml
-from ultralytics import YOLO
 from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 from ultralytics.utils import LOGGER, TQDM
 from ultralytics.utils.files import increment_path
 
 from ds2d2_yolo.config import check_args, split_overrides
 from ds2d2_yolo.integration.trainer import DS2D2Trainer
+from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.latency import measure_latency, runtime_of
 from ds2d2_yolo.tools.prune import (
     IMPORTANCES,
@@ -129,17 +129,6 @@ def _size_mb(path: Path) -> float:
     """File size, or the total of a folder (an OpenVINO model), in MB."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return round(sum(p.stat().st_size for p in files) / 1e6, 3)
-
-
-def export_to(weights: str | Path, fmt: str, out: Path, **kw: Any) -> Path:
-    """Export with Ultralytics, writing `out` (a file, or an OpenVINO folder) instead of beside the weights.
-
-    The exporter names its output after the model's `pt_path`; pointing that into the run folder keeps exports of a
-    read-only teacher possible and keeps every output of the pipeline in one place.
-    """
-    model = YOLO(str(weights))
-    model.model.pt_path = str(out.with_suffix(".pt"))
-    return Path(model.export(format=fmt, **kw))
 
 
 class Pipeline:

@@ -17,7 +17,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from ultralytics import YOLO
 from ultralytics.data.augment import LetterBox
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
@@ -195,25 +194,3 @@ def quantize_onnx(
         out.metadata_props.add(key=k, value=v)
     onnx.save(out, str(dst))
     return dst
-
-
-def quantize_openvino(weights: str | Path, data: str | Path, imgsz: int, split: str = "train", **kw: Any) -> Path:
-    """INT8 OpenVINO model through Ultralytics' exporter (NNCF), calibrated on `split` of `data`.
-
-    Args:
-        weights (str | Path): A .pt checkpoint.
-        data (str | Path): Dataset yaml.
-        imgsz (int): Export size.
-        split (str): Calibration split.
-        **kw (Any): Further export keys (e.g. fraction, batch, device).
-
-    Returns:
-        (Path): The `*_int8_openvino_model` folder.
-
-    Raises:
-        ImportError: When OpenVINO or NNCF is missing (Ultralytics would try to install them).
-    """
-    if not openvino_available():
-        raise ImportError(f"INT8 via OpenVINO needs openvino and nncf, which are not installed: {INSTALL_HINT}")
-
-    return Path(YOLO(str(weights)).export(format="openvino", int8=True, data=str(data), imgsz=imgsz, split=split, **kw))

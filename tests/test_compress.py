@@ -121,6 +121,15 @@ def test_compress_outputs(compressed):
         assert (compressed / f).is_file(), f
 
 
+def test_compress_exports_use_fast_decode(compressed):
+    """The pipeline's ONNX files take the DFL softmax where the bins lie: a Reshape feeds it, not a Transpose."""
+    onnx = pytest.importorskip("onnx")
+    for f in ("teacher.onnx", "student.onnx", "student-int8.onnx"):
+        g = onnx.load(str(compressed / f)).graph
+        made_by = {o: n.op_type for n in g.node for o in n.output}
+        assert [made_by.get(n.input[0]) for n in g.node if n.op_type == "Softmax"] == ["Reshape"], f
+
+
 def test_pruned_file_is_plain(compressed, synth_obb):
     """pruned.pt loads, validates, predicts and exports, and the distilled best.pt loads and predicts, where
     ds2d2_yolo and torch_pruning cannot be imported: no class of either is in the pickles."""

@@ -2,7 +2,7 @@
 
 Ultralytics' DFL decode transposes the (B, 4, 16, A) bin logits to (B, 16, 4, A), takes the softmax over the bins
 there and sums them with a 1x1 convolution. ONNX Runtime runs that softmax (not on the last axis, after a transpose)
-at about 5-6 ms per 640-px image on one CPU thread, a quarter of the whole INT8 forward pass of a 50 %-pruned
+at about 4.5 ms per 640-px image on one CPU thread, a fifth of the whole INT8 forward pass of a 50 %-pruned
 yolov8n-obb. Taking the softmax over the bins where they already lie and summing with a matrix product is the same
 function with the same output to float rounding, and costs under 1 ms. Only the exported graph changes: the weights,
 the .pt file and the outputs' layout are Ultralytics' own, so `YOLO(file)` loads, validates and predicts the export

@@ -182,6 +182,37 @@ def test_quantize_options_replace_defaults(compressed, synth_obb, tmp_path):
     assert shapes[0] == shapes[1] == shapes[2]
 
 
+def test_quantize_keeps_stem_float_and_quantizes_head_activations(compressed, synth_obb, tmp_path):
+    """The first layer runs in float on the image (no QuantizeLinear on the input, float weights), and every SiLU of
+    the head's inner convolutions is quantized; with `float_stem=False` the image is quantized and the first
+    convolution takes dequantized weights."""
+    onnx = pytest.importorskip("onnx")
+    from ds2d2_yolo.tools.quantize import quantize_onnx, split_images
+
+    images = split_images(synth_obb, "train", 4)
+    src = compressed / "student.onnx"
+    stem_float = onnx.load(str(quantize_onnx(src, tmp_path / "a.onnx", images, 64))).graph
+    stem_int8 = onnx.load(str(quantize_onnx(src, tmp_path / "b.onnx", images, 64, float_stem=False))).graph
+
+    def first_conv(graph):
+        return next(n for n in graph.node if n.op_type == "Conv" and n.name.startswith("/model.0/"))
+
+    made_by = {o: n.op_type for n in stem_float.node for o in n.output}
+    assert first_conv(stem_float).input[0] == "images" and first_conv(stem_float).input[1] not in made_by
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "images" for n in stem_float.node)
+    assert made_by[first_conv(stem_float).output[0]] == "Conv"
+    made_by_b = {o: n.op_type for n in stem_int8.node for o in n.output}
+    assert made_by_b[first_conv(stem_int8).input[0]] == "DequantizeLinear"
+    assert made_by_b[first_conv(stem_int8).input[1]] == "DequantizeLinear"
+
+    head = max(int(n.name.split("/")[1].split(".")[1]) for n in stem_float.node if n.name.startswith("/model."))
+    quantized = {n.input[0] for n in stem_float.node if n.op_type == "QuantizeLinear"}
+    head_silu = [n for n in stem_float.node if n.name.startswith(f"/model.{head}/") and n.name.endswith("/act/Mul")]
+    assert head_silu and all(n.output[0] in quantized for n in head_silu)
+    outputs = [n for n in stem_float.node if n.op_type == "Conv" and n.name.startswith(f"/model.{head}/")]
+    assert any(n.input[1] not in made_by for n in outputs)  # the output convolutions keep float weights
+
+
 def test_compress_stage_failure_is_one_line(tmp_path, tiny_models, synth_obb, capsys, monkeypatch):
     """A failing stage stops the pipeline with one line naming it; what earlier stages wrote stays."""
     from ds2d2_yolo import DS2D2Trainer

@@ -123,21 +123,39 @@ def float_head_nodes(model: Any, head_index: int) -> list[str]:
 
     Decoding concatenates pixel coordinates with probabilities, which one INT8 scale cannot hold; the output
     convolutions (boxes, classes, angles, DFL) are small and their values are read directly. The head's inner
-    convolutions, where its cost is, are quantized.
+    convolutions and their activations, where its cost is, are quantized: a float activation between quantized
+    convolutions would cost a dequantize, an unfused sigmoid and multiply, and a quantize.
     """
     prefix = f"/model.{head_index}/"
+    made_by = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list[str]] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n.op_type)
-    keep = []
-    for n in model.graph.node:
-        if not n.name.startswith(prefix):
-            continue
-        inner = n.op_type == "Conv" and any(c in (*ACTIVATION_OPS, "Conv") for c in consumers.get(n.output[0], []))
-        if not inner:
-            keep.append(n.name)
-    return keep
+
+    def inner_conv(n: Any) -> bool:
+        return n.op_type == "Conv" and any(c in (*ACTIVATION_OPS, "Conv") for c in consumers.get(n.output[0], []))
+
+    def inner_activation(n: Any) -> bool:
+        # SiLU is Sigmoid(x) then Mul(x, Sigmoid(x)): walk back through the Sigmoid to the convolution.
+        if n.op_type not in ACTIVATION_OPS:
+            return False
+        src = [made_by.get(i) for i in n.input]
+        src += [made_by.get(j) for s in src if s is not None and s.op_type in ACTIVATION_OPS for j in s.input]
+        return any(s is not None and inner_conv(s) for s in src)
+
+    return [
+        n.name for n in model.graph.node if n.name.startswith(prefix) and not (inner_conv(n) or inner_activation(n))
+    ]
+
+
+def stem_nodes(model: Any) -> list[str]:
+    """ONNX nodes of the first layer (`/model.0/...`), the convolution on the image and its activation.
+
+    With three input channels it is the slowest layer in INT8 (ONNX Runtime's quantized convolution uses its vector
+    units poorly at so few channels; the float one runs blocked), and in float the image needs no quantize step.
+    """
+    return [n.name for n in model.graph.node if n.name.startswith("/model.0/")]
 
 
 def quantize_onnx(
@@ -148,6 +166,7 @@ def quantize_onnx(
     head_index: int | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
     options: dict[str, Any] | None = None,
+    float_stem: bool = True,
 ) -> Path:
     """Quantize an FP32 ONNX detector to INT8 (QDQ: u8 activations, per-channel s8 weights), calibrated on `images`.
 
@@ -164,6 +183,7 @@ def quantize_onnx(
         progress (Callable | None): Wraps the calibration image iterator.
         options (dict | None): `onnxruntime.quantization.quantize_static` keywords that replace the defaults above
             (e.g. `{"op_types_to_quantize": ["Conv"]}`), for comparing settings.
+        float_stem (bool): Keep the first layer in float (see `stem_nodes`).
 
     Returns:
         (Path): The INT8 file. Ultralytics metadata (stride, names, task, imgsz) is copied so `YOLO(dst)` works.
@@ -183,7 +203,7 @@ def quantize_onnx(
         "reduce_range": True,
         "activation_type": ortq.QuantType.QUInt8,
         "weight_type": ortq.QuantType.QInt8,
-        "nodes_to_exclude": float_head_nodes(model, head_index),
+        "nodes_to_exclude": float_head_nodes(model, head_index) + (stem_nodes(model) if float_stem else []),
         "calibrate_method": ortq.CalibrationMethod.MinMax,
     }
     ortq.quantize_static(str(src), str(dst), reader, **{**settings, **(options or {})})

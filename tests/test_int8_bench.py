@@ -25,3 +25,39 @@ def test_quantize_options_unknown_member_names_the_choices():
     """A misspelt member stops with one line that lists the members there are."""
     with pytest.raises(SystemExit, match=r"calibrate_method='Entropi' is unknown; choose from .*Entropy"):
         int8_drop.quantize_options('{"calibrate_method": "Entropi"}')
+
+
+def test_stem_option_splits_quantize_onnx_keyword():
+    """`float_stem` leaves the quantize_static keywords and defaults to True; the caller's dict is not changed."""
+    opts = {"float_stem": False, "reduce_range": False}
+    assert int8_drop.stem_option(opts) == ({"reduce_range": False}, False)
+    assert opts == {"float_stem": False, "reduce_range": False}
+    assert int8_drop.stem_option(None) == ({}, True)
+
+
+def test_int8_compare_pairs_runs_and_refuses_different_fp32(tmp_path):
+    """Records pair by folder, method, seed and split; the paired difference agrees with a hand computation, runs
+    without a partner are left out, and a pair whose FP32 mAP differs stops the table."""
+    import json
+
+    int8_compare = pytest.importorskip("int8_compare")
+
+    def write(path, recs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def rec(seed, fp, d50, d95=0.0):
+        return {"method": "none", "seed": seed, "split": "tune", "fp32_mAP50": fp, "d50": d50, "d95": d95}
+
+    write(tmp_path / "a" / "int8.jsonl", [rec(0, 0.3, -0.02), rec(1, 0.4, -0.01), rec(2, 0.5, 0.0)])
+    write(tmp_path / "a" / "int8-tune-x.jsonl", [rec(0, 0.3, -0.01), rec(1, 0.4, -0.02)])
+    write(tmp_path / "b" / "int8-tune.jsonl", [rec(0, 0.2, -0.03)])
+    write(tmp_path / "b" / "int8-tune-x.jsonl", [rec(0, 0.2, 0.01)])
+    before, after = int8_compare.load(tmp_path, "x")
+    row = int8_compare.compare_table(before, after, "x").splitlines()[2].split(" | ")
+    diffs = [0.01, -0.01, 0.04]
+    mean, std = sum(diffs) / 3, (sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2) ** 0.5
+    assert row[1] == "3" and row[6] == f"{mean:+.4f} ± {std:.4f}" and row[7] == "2/3"
+    write(tmp_path / "b" / "int8-tune-x.jsonl", [rec(0, 0.25, 0.01)])
+    with pytest.raises(SystemExit, match="not a pair"):
+        int8_compare.compare_table(*int8_compare.load(tmp_path, "x"), "x")

@@ -152,8 +152,9 @@ def float_head_nodes(model: Any, head_index: int) -> list[str]:
 def stem_nodes(model: Any) -> list[str]:
     """ONNX nodes of the first layer (`/model.0/...`), the convolution on the image and its activation.
 
-    With three input channels it is the slowest layer in INT8 (ONNX Runtime's quantized convolution uses its vector
-    units poorly at so few channels; the float one runs blocked), and in float the image needs no quantize step.
+    With three input channels ONNX Runtime's quantized convolution is slower than its float one (about 1 ms of a
+    50 %-pruned yolov8n-obb at 640 px; `benchmarks/int8_latency.py --ort-variants`), and in float the image needs no
+    quantize step.
     """
     return [n.name for n in model.graph.node if n.name.startswith("/model.0/")]
 

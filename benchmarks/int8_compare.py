@@ -19,15 +19,18 @@ from pathlib import Path
 
 
 def load(root: Path, tag: str) -> tuple[dict[tuple, dict], dict[tuple, dict]]:
-    """Records of the compared setting (`...-<tag>.jsonl`) and of the other one, keyed by (folder, method, seed,
-    split)."""
+    """Records of the compared setting (`...-<tag>.jsonl`) and of the untagged one (`int8.jsonl`, `int8-<split>.jsonl`),
+    keyed by (folder, method, seed, split); records of other tags are left out."""
     before: dict[tuple, dict] = {}
     after: dict[tuple, dict] = {}
     for f in sorted(root.glob("*/int8*.jsonl")):
-        side = after if f.stem.endswith(f"-{tag}") else before
         for line in f.read_text().splitlines():
             r = json.loads(line)
-            side[(f.parent.name, r["method"], r["seed"], r["split"])] = r
+            key = (f.parent.name, r["method"], r["seed"], r["split"])
+            if f.stem.endswith(f"-{tag}"):
+                after[key] = r
+            elif f.stem in ("int8", f"int8-{r['split']}"):
+                before[key] = r
     return before, after
 
 

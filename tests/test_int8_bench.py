@@ -37,7 +37,7 @@ def test_stem_option_splits_quantize_onnx_keyword():
 
 def test_int8_compare_pairs_runs_and_refuses_different_fp32(tmp_path):
     """Records pair by folder, method, seed and split; the paired difference agrees with a hand computation, runs
-    without a partner are left out, and a pair whose FP32 mAP differs stops the table."""
+    without a partner and records of other tags are left out, and a pair whose FP32 mAP differs stops the table."""
     import json
 
     int8_compare = pytest.importorskip("int8_compare")
@@ -53,6 +53,7 @@ def test_int8_compare_pairs_runs_and_refuses_different_fp32(tmp_path):
     write(tmp_path / "a" / "int8-tune-x.jsonl", [rec(0, 0.3, -0.01), rec(1, 0.4, -0.02)])
     write(tmp_path / "b" / "int8-tune.jsonl", [rec(0, 0.2, -0.03)])
     write(tmp_path / "b" / "int8-tune-x.jsonl", [rec(0, 0.2, 0.01)])
+    write(tmp_path / "b" / "int8-tune-other.jsonl", [rec(0, 0.2, 0.05)])  # another tag: neither side
     before, after = int8_compare.load(tmp_path, "x")
     row = int8_compare.compare_table(before, after, "x").splitlines()[2].split(" | ")
     diffs = [0.01, -0.01, 0.04]

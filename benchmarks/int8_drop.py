@@ -47,7 +47,8 @@ def git_commit() -> str:
 def quantize_options(text: str) -> dict[str, Any]:
     """`--set` JSON as quantize_static keywords, enum members given by name (e.g. {"calibrate_method": "Percentile"}).
 
-    `float_stem` (true/false) is quantize_onnx's own keyword and passes through; `stem_option` takes it out.
+    `float_stem` (true/false) and `pad_channels` (an int) are quantize_onnx's own keywords and pass through;
+    `own_options` takes them out.
 
     Raises:
         SystemExit: On a member name ONNX Runtime does not have, listing the ones it has.
@@ -63,10 +64,11 @@ def quantize_options(text: str) -> dict[str, Any]:
     return options
 
 
-def stem_option(options: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
-    """Split quantize_onnx's `float_stem` (default True) from the quantize_static keywords of `options`."""
+def own_options(options: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split quantize_onnx's own keywords (`float_stem`, `pad_channels`) from the quantize_static keywords of
+    `options`; the caller's dict is not changed."""
     options = dict(options or {})
-    return options, bool(options.pop("float_stem", True))
+    return options, {k: options.pop(k) for k in ("float_stem", "pad_channels") if k in options}
 
 
 def int8_record(
@@ -76,9 +78,9 @@ def int8_record(
     both files and the INT8 change."""
     work.mkdir(parents=True, exist_ok=True)
     fp32 = export_to(weights, "onnx", work / "fp32.onnx", imgsz=imgsz, device="cpu", batch=1)
-    options, float_stem = stem_option(options)
+    options, own = own_options(options)
     images = split_images(data, "train", calib)
-    int8 = quantize_onnx(fp32, work / "int8.onnx", images, imgsz, options=options, float_stem=float_stem)
+    int8 = quantize_onnx(fp32, work / "int8.onnx", images, imgsz, options=options, **own)
     a = validate(fp32, str(data), imgsz, 1, "cpu", work / "val-fp32")
     b = validate(int8, str(data), imgsz, 1, "cpu", work / "val-int8")
     return {

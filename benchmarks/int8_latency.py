@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from int8_drop import git_commit, quantize_options, stem_option
+from int8_drop import git_commit, own_options, quantize_options
 
 from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.latency import measure_latency
@@ -41,6 +41,7 @@ TEACHER, TEACHER_UL = "teacher FP32", "teacher FP32 (Ultralytics export)"
 # ONNX Runtime quantization settings compared with the shipped one: label -> `--set`-style JSON (int8_drop's parser).
 ORT_VARIANTS = {
     "first layer in INT8": '{"float_stem": false}',
+    "narrow convolutions not widened": '{"pad_channels": 0}',
     "Conv only": '{"op_types_to_quantize": ["Conv"]}',
     "QOperator": '{"quant_format": "QOperator"}',
     "8-bit weights": '{"reduce_range": false}',
@@ -112,11 +113,9 @@ def build_files(a: argparse.Namespace, work: Path) -> dict[str, Path]:
                 ul, work / f"{tag}-ul-int8.onnx", calib, a.imgsz
             )
         for i, (label, text) in enumerate(ORT_VARIANTS.items() if a.ort_variants else ()):
-            options, float_stem = stem_option(quantize_options(text))
+            options, own = own_options(quantize_options(text))
             dst = work / f"{tag}-int8-v{i}.onnx"
-            files[f"{tag} INT8 (ORT, {label})"] = quantize_onnx(
-                fp32, dst, calib, a.imgsz, options=options, float_stem=float_stem
-            )
+            files[f"{tag} INT8 (ORT, {label})"] = quantize_onnx(fp32, dst, calib, a.imgsz, options=options, **own)
         if a.openvino:
             ov = export_to(
                 s, "openvino", work / f"{tag}-ov", imgsz=a.imgsz, batch=1, int8=True, data=a.data, split="train"

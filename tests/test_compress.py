@@ -122,12 +122,14 @@ def test_compress_outputs(compressed):
 
 
 def test_compress_exports_use_fast_decode(compressed):
-    """The pipeline's ONNX files take the DFL softmax where the bins lie: a Reshape feeds it, not a Transpose."""
+    """The pipeline's ONNX files normalise the DFL bins where they lie: no Softmax after a Transpose, but an
+    exponential of the logits less their largest."""
     onnx = pytest.importorskip("onnx")
     for f in ("teacher.onnx", "student.onnx", "student-int8.onnx"):
         g = onnx.load(str(compressed / f)).graph
         made_by = {o: n.op_type for n in g.node for o in n.output}
-        assert [made_by.get(n.input[0]) for n in g.node if n.op_type == "Softmax"] == ["Reshape"], f
+        assert not any(n.op_type == "Softmax" for n in g.node), f
+        assert [made_by.get(n.input[0]) for n in g.node if n.op_type == "Exp"] == ["Sub"], f
 
 
 def test_pruned_file_is_plain(compressed, synth_obb):
@@ -211,6 +213,51 @@ def test_quantize_keeps_stem_float_and_quantizes_head_activations(compressed, sy
     assert head_silu and all(n.output[0] in quantized for n in head_silu)
     outputs = [n for n in stem_float.node if n.op_type == "Conv" and n.name.startswith(f"/model.{head}/")]
     assert any(n.input[1] not in made_by for n in outputs)  # the output convolutions keep float weights
+
+
+def test_widen_narrow_convs_keeps_outputs(compressed, synth_obb, tmp_path):
+    """Narrow quantized convolutions get zero filters up to 16, through their consumers' weights or a Slice; the
+    FP32 graph gives the original outputs, excluded nodes keep their filters, and INT8 with and without widening
+    agrees with each other far closer than either agrees with FP32."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    from ds2d2_yolo.tools.quantize import float_head_nodes, quantize_onnx, split_images, stem_nodes, widen_narrow_convs
+
+    src = compressed / "student.onnx"
+    model = onnx.load(str(src))
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    head = max(int(n.name.split("/")[1].split(".")[1]) for n in model.graph.node if n.name.startswith("/model."))
+    exclude = float_head_nodes(model, head) + stem_nodes(model)
+    narrow = [n for n in model.graph.node if n.op_type == "Conv" and before[n.input[1]].shape[0] < 16]
+    widened = widen_narrow_convs(model, 16, exclude)
+    after = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert widened and set(widened) <= {n.name for n in narrow} - set(exclude)
+    for n in narrow:
+        w0, w1 = before[n.input[1]], after[n.input[1]]
+        if n.name in widened:
+            assert w1.shape[0] == 16 and not w1[w0.shape[0] :].any()
+            np.testing.assert_array_equal(w1[: w0.shape[0], : w0.shape[1]], w0)
+        elif n.name in exclude:  # its filters stay; only inputs of a widened producer join, with zero weights
+            assert w1.shape[0] == w0.shape[0] and not w1[:, w0.shape[1] :].any()
+            np.testing.assert_array_equal(w1[:, : w0.shape[1]], w0)
+    slices = [n for n in model.graph.node if n.op_type == "Slice" and n.name.endswith("/narrow")]
+    assert 0 < len(slices) < len(widened)  # both ways occur: through the consumers' weights and through a Slice
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "wide.onnx"))
+
+    x = {"images": np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)}
+
+    def run(path: Path) -> np.ndarray:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+
+    np.testing.assert_allclose(run(tmp_path / "wide.onnx"), run(src), rtol=1e-4, atol=1e-4)
+    images = split_images(synth_obb, "train", 4)
+    wide8 = run(quantize_onnx(src, tmp_path / "wide8.onnx", images, 64))
+    narrow8 = run(quantize_onnx(src, tmp_path / "narrow8.onnx", images, 64, pad_channels=0))
+    assert np.abs(wide8 - narrow8).max() <= 1e-3 * max(1.0, np.abs(run(src)).max())
+    assert np.abs(wide8 - narrow8).max() < np.abs(narrow8 - run(src)).max()
 
 
 def test_compress_stage_failure_is_one_line(tmp_path, tiny_models, synth_obb, capsys, monkeypatch):

@@ -44,7 +44,7 @@ def test_use_fast_dfl_without_dfl():
 
 
 def test_fast_decode_onnx_matches_ultralytics_graph(tiny_models, tmp_path):
-    """The exported graph takes the softmax where the bins lie (no Transpose before it) and gives Ultralytics'
+    """The exported graph normalises over the bins where they lie (no Transpose, no Softmax) and gives Ultralytics'
     outputs; fast_dfl=False keeps Ultralytics' graph, and the .pt on disk is unchanged by either export."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -57,13 +57,14 @@ def test_fast_decode_onnx_matches_ultralytics_graph(tiny_models, tmp_path):
     ul = export_to(pt, "onnx", tmp_path / "ul.onnx", fast_dfl=False, **kw)
     assert pt.read_bytes() == before
 
-    def softmax_producers(path):
+    def decode_ops(path):
         g = onnx.load(str(path)).graph
         made_by = {o: n.op_type for n in g.node for o in n.output}
-        return [made_by.get(n.input[0]) for n in g.node if n.op_type == "Softmax"]
+        softmax = [made_by.get(n.input[0]) for n in g.node if n.op_type == "Softmax"]
+        return softmax, [made_by.get(n.input[0]) for n in g.node if n.op_type == "Exp"]
 
-    assert softmax_producers(ul) == ["Transpose"]
-    assert softmax_producers(fast) == ["Reshape"]
+    assert decode_ops(ul) == (["Transpose"], [])
+    assert decode_ops(fast) == ([], ["Sub"])  # the largest logit is subtracted before the exponential
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     out = {}
     for name, path in (("fast", fast), ("ul", ul)):

@@ -27,12 +27,12 @@ def test_quantize_options_unknown_member_names_the_choices():
         int8_drop.quantize_options('{"calibrate_method": "Entropi"}')
 
 
-def test_stem_option_splits_quantize_onnx_keyword():
-    """`float_stem` leaves the quantize_static keywords and defaults to True; the caller's dict is not changed."""
-    opts = {"float_stem": False, "reduce_range": False}
-    assert int8_drop.stem_option(opts) == ({"reduce_range": False}, False)
-    assert opts == {"float_stem": False, "reduce_range": False}
-    assert int8_drop.stem_option(None) == ({}, True)
+def test_own_options_split_quantize_onnx_keywords():
+    """`float_stem` and `pad_channels` leave the quantize_static keywords; the caller's dict is not changed."""
+    opts = {"float_stem": False, "pad_channels": 0, "reduce_range": False}
+    assert int8_drop.own_options(opts) == ({"reduce_range": False}, {"float_stem": False, "pad_channels": 0})
+    assert opts == {"float_stem": False, "pad_channels": 0, "reduce_range": False}
+    assert int8_drop.own_options(None) == ({}, {})
 
 
 def test_int8_compare_pairs_runs_and_refuses_different_fp32(tmp_path):

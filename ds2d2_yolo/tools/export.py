@@ -3,10 +3,11 @@
 Ultralytics' DFL decode transposes the (B, 4, 16, A) bin logits to (B, 16, 4, A), takes the softmax over the bins
 there and sums them with a 1x1 convolution. ONNX Runtime runs that softmax (not on the last axis, after a transpose)
 at about 4.5 ms per 640-px image on one CPU thread, a fifth of the whole INT8 forward pass of a 50 %-pruned
-yolov8n-obb. Taking the softmax over the bins where they already lie and summing with a matrix product is the same
-function with the same output to float rounding, and costs under 1 ms. Only the exported graph changes: the weights,
-the .pt file and the outputs' layout are Ultralytics' own, so `YOLO(file)` loads, validates and predicts the export
-as before."""
+yolov8n-obb. Here the expectation over the bins is taken where they already lie, as the bin-weighted sum of the
+exponentials over their plain sum (after subtracting each side's largest logit, so nothing overflows): elementwise
+operations and two reductions along the bins, under half the cost of a softmax on that axis, and the same function
+with the same output to float rounding. Only the exported graph changes: the weights, the .pt file and the outputs'
+layout are Ultralytics' own, so `YOLO(file)` loads, validates and predicts the export as before."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ultralytics.nn.modules.block import DFL
 
 
 def dfl_decode(x: torch.Tensor, weight: torch.Tensor, bins: int) -> torch.Tensor:
-    """Expected box-side distances from DFL logits, as `DFL.forward`, with the softmax over the bins in place.
+    """Expected box-side distances from DFL logits, as `DFL.forward`, normalised over the bins where they lie.
 
     Args:
         x (torch.Tensor): Logits of shape (B, 4 * bins, A).
@@ -31,7 +32,9 @@ def dfl_decode(x: torch.Tensor, weight: torch.Tensor, bins: int) -> torch.Tensor
         (torch.Tensor): Distances of shape (B, 4, A).
     """
     b, _, a = x.shape
-    return (weight.reshape(1, 1, 1, bins) @ x.view(b, 4, bins, a).softmax(2)).view(b, 4, a)
+    x = x.view(b, 4, bins, a)
+    e = (x - x.amax(2, keepdim=True)).exp()
+    return ((weight.reshape(1, 1, 1, bins) @ e) / e.sum(2, keepdim=True)).view(b, 4, a)
 
 
 def _fast_forward(self: DFL, x: torch.Tensor) -> torch.Tensor:

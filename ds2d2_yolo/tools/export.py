@@ -2,10 +2,10 @@
 
 Ultralytics' DFL decode transposes the (B, 4, 16, A) bin logits to (B, 16, 4, A), takes the softmax over the bins
 there and sums them with a 1x1 convolution. ONNX Runtime runs that softmax (not on the last axis, after a transpose)
-at about 4.5 ms per 640-px image on one CPU thread, a fifth of the whole INT8 forward pass of a 50 %-pruned
+at 4.5 to 6 ms per 640-px image on one CPU thread, a fifth of the whole INT8 forward pass of a 50 %-pruned
 yolov8n-obb. Here the expectation over the bins is taken where they already lie, as the bin-weighted sum of the
 exponentials over their plain sum (after subtracting each side's largest logit, so nothing overflows): elementwise
-operations and two reductions along the bins, under half the cost of a softmax on that axis, and the same function
+operations and two reductions along the bins, about half the cost of a softmax on that axis, and the same function
 with the same output to float rounding. Only the exported graph changes: the weights, the .pt file and the outputs'
 layout are Ultralytics' own, so `YOLO(file)` loads, validates and predicts the export as before."""
 

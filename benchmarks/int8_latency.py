@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from int8_drop import git_commit, own_options, quantize_options
 
+from ds2d2_yolo.tools.compare import cpu_model
 from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.latency import measure_latency
 from ds2d2_yolo.tools.quantize import openvino_available, quantize_onnx, split_images
@@ -78,16 +78,14 @@ def op_profile(path: Path, imgsz: int, runs: int = 15) -> dict[str, float]:
 
 def cpu_info() -> dict[str, str | list[str]]:
     """The CPU's model name and which of the INT8-relevant instruction sets it reports (Linux /proc/cpuinfo)."""
-    info: dict[str, str | list[str]] = {"cpu": platform.processor() or platform.machine(), "int8_flags": []}
+    info: dict[str, str | list[str]] = {"cpu": cpu_model(), "int8_flags": []}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return info
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["cpu"] = value.strip()
-        elif key.strip() == "flags":
+        if key.strip() == "flags":
             flags = set(value.split())
             info["int8_flags"] = [f for f in INT8_FLAGS if f in flags]
             break

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 import yaml
 
 from ds2d2_yolo.cli import entrypoint
@@ -38,6 +39,7 @@ def test_compare_end_to_end_and_resume(tmp_path, tiny_models, synth_obb, caplog,
     recs = compare.read_results(out / "results.jsonl")
     assert [(r["method"], r["seed"], r["epochs"]) for r in recs] == [("none", 0, 1), ("ds2d2", 0, 1)]
     assert all(r["s_per_step"] > 0 and r["peak_rss_mb"] > 0 and r["settings"]["imgsz"] == 64 for r in recs)
+    assert all(r["machine"]["cpu"] and r["machine"]["torch"] == torch.__version__ for r in recs)
     assert recs[1]["args"]["distill"] == "ds2d2" and recs[1]["args"]["lambda_exl"] == defaults()["lambda_exl"]
     assert (out / "ds2d2-s0" / "amplifier.pt").is_file()  # the DS2D2 run really distilled
     assert (out / "none-s0" / "weights" / "last.pt").is_file() and (out / "none-s0.log").is_file()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +37,7 @@ from typing import Any
 import matplotlib
 import matplotlib.pyplot as plt
 import torch
+import ultralytics
 import yaml
 from ultralytics import YOLO
 from ultralytics.cfg import DEFAULT_CFG_DICT, get_save_dir
@@ -120,6 +122,8 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "train_s": time.perf_counter() - t,
         "epochs": spec["overrides"]["epochs"],
         "threads": torch.get_num_threads(),  # timings depend on it, and so can float summation order
+        # Reruns of one seed on another CPU differ by float rounding, which training amplifies.
+        "machine": {"cpu": cpu_model(), "torch": torch.__version__, "ultralytics": ultralytics.__version__},
         # The resolved method settings (cfg/ds2d2.yaml under the overrides), so a record still says what it ran
         # after the shipped defaults change.
         "args": record_args(trainer.ds2d2),
@@ -173,6 +177,18 @@ def validation_curve(path: Path) -> list[dict[str, float]]:
             except (KeyError, TypeError, ValueError):
                 continue
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:

@@ -16,7 +16,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from ds2d2_yolo.tools.compare import read_results
+from ds2d2_yolo.tools.compare import _pm, _stats, read_results
 
 # Settings that name the run, not what it trained with.
 NAMING = ("name", "project", "exist_ok", "verbose")
@@ -51,10 +51,8 @@ def check_same_settings(replicates: list[dict[str, dict[int, dict]]], folders: l
 
 
 def pm(v: list[float]) -> str:
-    """Signed mean ± sample std (the mean alone for one value, a dash for none)."""
-    if not v:
-        return "—"
-    return f"{statistics.fmean(v):+.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
+    """Signed mean ± sample std (the mean alone for one value, a dash for none), as compare's tables print them."""
+    return _pm(*_stats(v), signed=True) if v else "—"
 
 
 def rerun_table(replicates: list[dict[str, dict[int, dict]]], metric: str = "mAP50_last5") -> str:

@@ -189,11 +189,12 @@ def test_quantize_keeps_stem_float_and_quantizes_head_activations(compressed, sy
     the head's inner convolutions is quantized; with `float_stem=False` the image is quantized and the first
     convolution takes dequantized weights."""
     onnx = pytest.importorskip("onnx")
-    from ds2d2_yolo.tools.quantize import quantize_onnx, split_images
+    from ds2d2_yolo.tools.quantize import last_layer, quantize_onnx, split_images
 
     images = split_images(synth_obb, "train", 4)
     src = compressed / "student.onnx"
-    stem_float = onnx.load(str(quantize_onnx(src, tmp_path / "a.onnx", images, 64))).graph
+    stem_float_model = onnx.load(str(quantize_onnx(src, tmp_path / "a.onnx", images, 64)))
+    stem_float = stem_float_model.graph
     stem_int8 = onnx.load(str(quantize_onnx(src, tmp_path / "b.onnx", images, 64, float_stem=False))).graph
 
     def first_conv(graph):
@@ -207,7 +208,7 @@ def test_quantize_keeps_stem_float_and_quantizes_head_activations(compressed, sy
     assert made_by_b[first_conv(stem_int8).input[0]] == "DequantizeLinear"
     assert made_by_b[first_conv(stem_int8).input[1]] == "DequantizeLinear"
 
-    head = max(int(n.name.split("/")[1].split(".")[1]) for n in stem_float.node if n.name.startswith("/model."))
+    head = last_layer(stem_float_model)
     quantized = {n.input[0] for n in stem_float.node if n.op_type == "QuantizeLinear"}
     head_silu = [n for n in stem_float.node if n.name.startswith(f"/model.{head}/") and n.name.endswith("/act/Mul")]
     assert head_silu and all(n.output[0] in quantized for n in head_silu)
@@ -223,13 +224,19 @@ def test_widen_narrow_convs_keeps_outputs(compressed, synth_obb, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from onnx import numpy_helper
 
-    from ds2d2_yolo.tools.quantize import float_head_nodes, quantize_onnx, split_images, stem_nodes, widen_narrow_convs
+    from ds2d2_yolo.tools.quantize import (
+        float_head_nodes,
+        last_layer,
+        quantize_onnx,
+        split_images,
+        stem_nodes,
+        widen_narrow_convs,
+    )
 
     src = compressed / "student.onnx"
     model = onnx.load(str(src))
     before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    head = max(int(n.name.split("/")[1].split(".")[1]) for n in model.graph.node if n.name.startswith("/model."))
-    exclude = float_head_nodes(model, head) + stem_nodes(model)
+    exclude = float_head_nodes(model, last_layer(model)) + stem_nodes(model)
     narrow = [n for n in model.graph.node if n.op_type == "Conv" and before[n.input[1]].shape[0] < 16]
     widened = widen_narrow_convs(model, 16, exclude)
     after = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -252,12 +259,13 @@ def test_widen_narrow_convs_keeps_outputs(compressed, synth_obb, tmp_path):
     def run(path: Path) -> np.ndarray:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
 
-    np.testing.assert_allclose(run(tmp_path / "wide.onnx"), run(src), rtol=1e-4, atol=1e-4)
+    fp32 = run(src)
+    np.testing.assert_allclose(run(tmp_path / "wide.onnx"), fp32, rtol=1e-4, atol=1e-4)
     images = split_images(synth_obb, "train", 4)
     wide8 = run(quantize_onnx(src, tmp_path / "wide8.onnx", images, 64))
     narrow8 = run(quantize_onnx(src, tmp_path / "narrow8.onnx", images, 64, pad_channels=0))
-    assert np.abs(wide8 - narrow8).max() <= 1e-3 * max(1.0, np.abs(run(src)).max())
-    assert np.abs(wide8 - narrow8).max() < np.abs(narrow8 - run(src)).max()
+    assert np.abs(wide8 - narrow8).max() <= 1e-3 * max(1.0, np.abs(fp32).max())
+    assert np.abs(wide8 - narrow8).max() < np.abs(narrow8 - fp32).max()
 
 
 def test_compress_stage_failure_is_one_line(tmp_path, tiny_models, synth_obb, capsys, monkeypatch):

@@ -119,6 +119,11 @@ def calibration_reader(
     return LetterboxReader()
 
 
+def last_layer(model: Any) -> int:
+    """Index of the last layer of an Ultralytics ONNX export (the head): its nodes are named `/model.<i>/...`."""
+    return max(int(n.name.split("/")[1].split(".")[1]) for n in model.graph.node if n.name.startswith("/model."))
+
+
 def float_head_nodes(model: Any, head_index: int) -> list[str]:
     """ONNX nodes of the head (`/model.<head_index>/...`) that stay in float: decoding and the output convolutions.
 
@@ -263,7 +268,7 @@ def quantize_onnx(
         dst (str | Path): INT8 ONNX file to write.
         images (list[Path]): Calibration images (from the training split).
         imgsz (int): The export's square input size.
-        head_index (int | None): Index of the Detect layer (see `float_head_nodes`). None: the last layer found.
+        head_index (int | None): Index of the Detect layer (see `float_head_nodes`). None: `last_layer`.
         progress (Callable | None): Wraps the calibration image iterator.
         options (dict | None): `onnxruntime.quantization.quantize_static` keywords that replace the defaults above
             (e.g. `{"op_types_to_quantize": ["Conv"]}`), for comparing settings.
@@ -280,8 +285,7 @@ def quantize_onnx(
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))
     if head_index is None:
-        idx = [int(n.name.split("/")[1].split(".")[1]) for n in model.graph.node if n.name.startswith("/model.")]
-        head_index = max(idx)
+        head_index = last_layer(model)
     exclude = float_head_nodes(model, head_index) + (stem_nodes(model) if float_stem else [])
     widened = widen_narrow_convs(model, pad_channels, exclude) if pad_channels else []
     reader = calibration_reader(images, imgsz, model.graph.input[0].name, progress)

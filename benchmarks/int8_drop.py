@@ -7,11 +7,14 @@ regime's `results.jsonl` (resumable: finished runs are skipped), and the table t
 
 `--split` validates on another split of the same regime (e.g. the tune split, to choose quantization settings without
 looking at the report images) and `--set` replaces quantization settings; either writes `int8-<split>[-<tag>].jsonl`.
+`--runtime openvino` quantizes with Ultralytics' OpenVINO INT8 export instead (NNCF, calibrated on the whole training
+split) and writes `int8-openvino[...].jsonl`; the FP32 reference stays the ONNX export.
 
 Examples:
     python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report
     python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report --split tune --tag percentile \
         --set '{"calibrate_method": "Percentile"}'
+    python benchmarks/int8_drop.py runs/regimes/r3-prune50/dota-report --runtime openvino
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from typing import Any
 
 from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.prune import validate
-from ds2d2_yolo.tools.quantize import quantize_onnx, require_ort_quantization, split_images
+from ds2d2_yolo.tools.quantize import (
+    INSTALL_HINT,
+    openvino_available,
+    quantize_onnx,
+    require_ort_quantization,
+    split_images,
+)
 
 # quantize_static keywords whose values are ONNX Runtime enums, given by member name in --set.
 ENUM_OPTIONS = {
@@ -72,15 +81,30 @@ def own_options(options: dict[str, Any] | None) -> tuple[dict[str, Any], dict[st
 
 
 def int8_record(
-    weights: Path, data: Path, imgsz: int, calib: int, work: Path, options: dict[str, Any] | None = None
+    weights: Path,
+    data: Path,
+    imgsz: int,
+    calib: int,
+    work: Path,
+    options: dict[str, Any] | None = None,
+    runtime: str = "onnx",
 ) -> dict[str, float]:
     """Export, quantize (with `options` replacing quantize_onnx's settings) and validate one run's weights; mAPs of
-    both files and the INT8 change."""
+    both files and the INT8 change.
+
+    `runtime="openvino"` quantizes with Ultralytics' OpenVINO INT8 export (NNCF, every training image; `calib` and
+    `options` do not apply) instead of ONNX Runtime.
+    """
     work.mkdir(parents=True, exist_ok=True)
     fp32 = export_to(weights, "onnx", work / "fp32.onnx", imgsz=imgsz, device="cpu", batch=1)
-    options, own = own_options(options)
-    images = split_images(data, "train", calib)
-    int8 = quantize_onnx(fp32, work / "int8.onnx", images, imgsz, options=options, **own)
+    if runtime == "openvino":
+        # split="train": Ultralytics calibrates on the val split otherwise, the images the drop is measured on.
+        kw = {"int8": True, "data": str(data), "split": "train", "imgsz": imgsz, "device": "cpu", "batch": 1}
+        int8 = export_to(weights, "openvino", work / "int8", **kw)
+    else:
+        options, own = own_options(options)
+        images = split_images(data, "train", calib)
+        int8 = quantize_onnx(fp32, work / "int8.onnx", images, imgsz, options=options, **own)
     a = validate(fp32, str(data), imgsz, 1, "cpu", work / "val-fp32")
     b = validate(int8, str(data), imgsz, 1, "cpu", work / "val-int8")
     return {
@@ -91,6 +115,13 @@ def int8_record(
         "d50": b["mAP50"] - a["mAP50"],
         "d95": b["mAP50-95"] - a["mAP50-95"],
     }
+
+
+def record_stem(runtime: str, split: str, own: str, tag: str) -> str:
+    """Name of a record file (without `.jsonl`): `int8` for the shipped ONNX Runtime route on the regime's own split,
+    else `int8-[openvino-][<split>-][<tag>]`; the split is named whenever a tag is, as the earlier records are."""
+    route = "" if runtime == "onnx" else runtime
+    return "-".join(x for x in ("int8", route, split if split != own or tag else "", tag) if x)
 
 
 def int8_table(records: list[dict]) -> str:
@@ -125,6 +156,7 @@ def main() -> None:
     ap.add_argument("--set", default="{}", help="quantize_static keywords as JSON (see the examples)")
     ap.add_argument("--methods", default="", help="comma-separated methods to quantize; all when empty")
     ap.add_argument("--tag", default="", help="name of the --set settings, in the record file's name")
+    ap.add_argument("--runtime", default="onnx", choices=("onnx", "openvino"), help="the INT8 route (see above)")
     ap.add_argument("--report", action="store_true", help="only rebuild the table from the records")
     a = ap.parse_args()
     own = a.folder.name.split("-", 1)[1]  # dota-report -> report
@@ -132,7 +164,11 @@ def main() -> None:
     options = quantize_options(a.set)
     if options and not a.tag:
         raise SystemExit("--set needs --tag, the name its records are kept under")
-    stem = "int8" if split == own and not a.tag else "-".join(x for x in ("int8", split, a.tag) if x)
+    if options and a.runtime == "openvino":
+        raise SystemExit("--set holds ONNX Runtime settings; it does not apply with --runtime openvino")
+    if a.runtime == "openvino" and not openvino_available():
+        raise SystemExit(f"--runtime openvino needs openvino and nncf: {INSTALL_HINT}")
+    stem = record_stem(a.runtime, split, own, a.tag)
     out = a.folder / f"{stem}.jsonl"
     commit = git_commit()
     done = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
@@ -151,10 +187,11 @@ def main() -> None:
                 print(f"[int8] {weights} missing; skipped")
                 continue
             imgsz = int(r["settings"]["imgsz"])
-            rec = {"method": r["method"], "seed": r["seed"], "imgsz": imgsz, "calib": a.calib, "split": split}
-            rec.update(commit=commit, train_commit=r["commit"], options=a.set)
+            calib = a.calib if a.runtime == "onnx" else "train"
+            rec = {"method": r["method"], "seed": r["seed"], "imgsz": imgsz, "calib": calib, "split": split}
+            rec.update(commit=commit, train_commit=r["commit"], options=a.set, runtime=a.runtime)
             work = a.folder / stem / f"{r['method']}-s{r['seed']}"
-            rec.update(int8_record(weights, data, imgsz, a.calib, work, options))
+            rec.update(int8_record(weights, data, imgsz, a.calib, work, options, a.runtime))
             print(f"[int8] {r['method']} seed {r['seed']}: Δ mAP50 {rec['d50']:+.4f}", flush=True)
             with open(out, "a") as f:
                 f.write(json.dumps(rec) + "\n")

@@ -184,6 +184,30 @@ def test_quantize_options_replace_defaults(compressed, synth_obb, tmp_path):
     assert shapes[0] == shapes[1] == shapes[2]
 
 
+def test_quantize_ranges_are_mean_of_per_image_extremes(compressed, synth_obb, tmp_path):
+    """An activation's INT8 scale is (mean of per-image max − mean of per-image min) / 255, computed here from the FP32
+    file's own outputs image by image, and differs from the scale the extremes over all images give."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    from ds2d2_yolo.tools.quantize import letterbox_tensor, quantize_onnx, split_images
+
+    images = split_images(synth_obb, "train", 4)
+    src = compressed / "student.onnx"
+    graph = onnx.load(str(quantize_onnx(src, tmp_path / "q.onnx", images, 64))).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "/model.0/act/Mul_output_0")
+    fp32 = onnx.load(str(src))
+    fp32.graph.output.append(onnx.ValueInfoProto(name=q.input[0]))
+    sess = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"])
+    acts = [sess.run([q.input[0]], {"images": letterbox_tensor(f, 64)})[0] for f in images]
+    lo, hi = min(np.mean([a.min() for a in acts]), 0.0), max(np.mean([a.max() for a in acts]), 0.0)
+    extremes = (max(a.max() for a in acts) - min(min(a.min() for a in acts), 0.0)) / 255
+    assert float(init[q.input[1]]) == pytest.approx((hi - lo) / 255, rel=1e-5)
+    assert abs(extremes - (hi - lo) / 255) > 1e-3 * extremes
+
+
 def test_quantize_keeps_stem_float_and_quantizes_head_activations(compressed, synth_obb, tmp_path):
     """The first layer runs in float on the image (no QuantizeLinear on the input, float weights), and every SiLU of
     the head's inner convolutions is quantized; with `float_stem=False` the image is quantized and the first

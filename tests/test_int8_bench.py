@@ -1,4 +1,4 @@
-"""The INT8 benchmark's settings parser (benchmarks/int8_drop.py): ONNX Runtime enums by name, bad names stop."""
+"""The INT8 benchmark's settings parser and record names (benchmarks/int8_drop.py)."""
 
 from __future__ import annotations
 
@@ -62,3 +62,13 @@ def test_int8_compare_pairs_runs_and_refuses_different_fp32(tmp_path):
     write(tmp_path / "b" / "int8-tune-x.jsonl", [rec(0, 0.25, 0.01)])
     with pytest.raises(SystemExit, match="not a pair"):
         int8_compare.compare_table(*int8_compare.load(tmp_path, "x"), "x")
+
+
+def test_record_stem_keeps_earlier_names():
+    """Record files of the ONNX Runtime route keep the names committed records use; OpenVINO's are told apart."""
+    assert int8_drop.record_stem("onnx", "report", "report", "") == "int8"
+    assert int8_drop.record_stem("onnx", "tune", "report", "") == "int8-tune"
+    assert int8_drop.record_stem("onnx", "tune", "report", "calib107") == "int8-tune-calib107"
+    assert int8_drop.record_stem("onnx", "report", "report", "w8") == "int8-report-w8"
+    assert int8_drop.record_stem("openvino", "report", "report", "") == "int8-openvino"
+    assert int8_drop.record_stem("openvino", "tune", "report", "") == "int8-openvino-tune"

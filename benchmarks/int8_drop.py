@@ -99,7 +99,7 @@ def int8_record(
     fp32 = export_to(weights, "onnx", work / "fp32.onnx", imgsz=imgsz, device="cpu", batch=1)
     if runtime == "openvino":
         # split="train": Ultralytics calibrates on the val split otherwise, the images the drop is measured on.
-        kw = {"int8": True, "data": str(data), "split": "train", "imgsz": imgsz, "device": "cpu", "batch": 1}
+        kw = {"quantize": 8, "data": str(data), "split": "train", "imgsz": imgsz, "device": "cpu", "batch": 1}
         int8 = export_to(weights, "openvino", work / "int8", **kw)
     else:
         options, own = own_options(options)

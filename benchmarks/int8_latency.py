@@ -116,7 +116,7 @@ def build_files(a: argparse.Namespace, work: Path) -> dict[str, Path]:
             files[f"{tag} INT8 (ORT, {label})"] = quantize_onnx(fp32, dst, calib, a.imgsz, options=options, **own)
         if a.openvino:
             ov = export_to(
-                s, "openvino", work / f"{tag}-ov", imgsz=a.imgsz, batch=1, int8=True, data=a.data, split="train"
+                s, "openvino", work / f"{tag}-ov", imgsz=a.imgsz, batch=1, quantize=8, data=a.data, split="train"
             )
             files[f"{tag} INT8 (OpenVINO)"] = ov
     return files

@@ -385,7 +385,7 @@ def run_compress(
                     state["best"],
                     "openvino",
                     save_dir / "student",
-                    int8=True,
+                    quantize=8,
                     data=str(data),
                     split="train",
                     **export_kw,

@@ -2,7 +2,7 @@
 
 - ONNX Runtime: static QDQ quantization of an exported ONNX file, calibrated on training-split images prepared with
   Ultralytics' letterbox, as the exported model receives them.
-- OpenVINO: Ultralytics' own `export(format="openvino", int8=True)`, which quantizes with NNCF on the split given.
+- OpenVINO: Ultralytics' own `export(format="openvino", quantize=8)`, which quantizes with NNCF on the split given.
 
 Both write files that plain Ultralytics loads and validates (`YOLO("model.onnx").val(...)`).
 """

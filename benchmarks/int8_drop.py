@@ -26,10 +26,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ds2d2_yolo.tools.compare import _pm, _stats
 from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.prune import validate
 from ds2d2_yolo.tools.quantize import (
     INSTALL_HINT,
+    export_openvino_int8,
     openvino_available,
     quantize_onnx,
     require_ort_quantization,
@@ -98,9 +100,7 @@ def int8_record(
     work.mkdir(parents=True, exist_ok=True)
     fp32 = export_to(weights, "onnx", work / "fp32.onnx", imgsz=imgsz, device="cpu", batch=1)
     if runtime == "openvino":
-        # split="train": Ultralytics calibrates on the val split otherwise, the images the drop is measured on.
-        kw = {"quantize": 8, "data": str(data), "split": "train", "imgsz": imgsz, "device": "cpu", "batch": 1}
-        int8 = export_to(weights, "openvino", work / "int8", **kw)
+        int8 = export_openvino_int8(weights, work / "int8", data, imgsz=imgsz, device="cpu", batch=1)
     else:
         options, own = own_options(options)
         images = split_images(data, "train", calib)
@@ -128,7 +128,7 @@ def int8_table(records: list[dict]) -> str:
     """Per method: seeds, FP32 and INT8 mAP50 means, and the INT8 change (mean ± std, worst seed)."""
 
     def pm(v: list[float]) -> str:
-        return f"{statistics.fmean(v):+.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:+.3f}"
+        return _pm(*_stats(v), signed=True)
 
     by: dict[str, list[dict]] = {}
     for r in records:

@@ -32,7 +32,7 @@ from int8_drop import git_commit, own_options, quantize_options
 from ds2d2_yolo.tools.compare import cpu_model
 from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.latency import measure_latency
-from ds2d2_yolo.tools.quantize import openvino_available, quantize_onnx, split_images
+from ds2d2_yolo.tools.quantize import export_openvino_int8, openvino_available, quantize_onnx, split_images
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 TEACHER, TEACHER_UL = "teacher FP32", "teacher FP32 (Ultralytics export)"
@@ -115,10 +115,9 @@ def build_files(a: argparse.Namespace, work: Path) -> dict[str, Path]:
             dst = work / f"{tag}-int8-v{i}.onnx"
             files[f"{tag} INT8 (ORT, {label})"] = quantize_onnx(fp32, dst, calib, a.imgsz, options=options, **own)
         if a.openvino:
-            ov = export_to(
-                s, "openvino", work / f"{tag}-ov", imgsz=a.imgsz, batch=1, quantize=8, data=a.data, split="train"
+            files[f"{tag} INT8 (OpenVINO)"] = export_openvino_int8(
+                s, work / f"{tag}-ov", a.data, imgsz=a.imgsz, batch=1
             )
-            files[f"{tag} INT8 (OpenVINO)"] = ov
     return files
 
 

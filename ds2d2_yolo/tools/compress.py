@@ -44,6 +44,7 @@ from ds2d2_yolo.tools.prune import (
 )
 from ds2d2_yolo.tools.quantize import (
     INSTALL_HINT,
+    export_openvino_int8,
     openvino_available,
     quantize_onnx,
     require_ort_quantization,
@@ -381,15 +382,7 @@ def run_compress(
             ov_dir = save_dir / "student_int8_openvino_model"
 
             def openvino() -> Path:
-                out = export_to(
-                    state["best"],
-                    "openvino",
-                    save_dir / "student",
-                    quantize=8,
-                    data=str(data),
-                    split="train",
-                    **export_kw,
-                )
+                out = export_openvino_int8(state["best"], save_dir / "student", data, **export_kw)
                 if out != ov_dir:
                     shutil.rmtree(ov_dir, ignore_errors=True)
                     shutil.move(str(out), ov_dir)

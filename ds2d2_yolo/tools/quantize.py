@@ -21,6 +21,8 @@ import numpy as np
 from ultralytics.data.augment import LetterBox
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
+from ds2d2_yolo.tools.export import export_to
+
 INSTALL_HINT = 'pip install -e ".[compress]"'
 # Activations that follow a convolution inside Ultralytics' Conv blocks (SiLU = Sigmoid * x).
 ACTIVATION_OPS = ("Sigmoid", "Mul", "Relu", "HardSigmoid", "HardSwish", "LeakyRelu")
@@ -44,6 +46,24 @@ def openvino_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def export_openvino_int8(weights: str | Path, out: Path, data: str | Path, **kw: Any) -> Path:
+    """Ultralytics' OpenVINO INT8 export (NNCF) of `weights` into `out`, calibrated on the training split of `data`.
+
+    Ultralytics calibrates on the val split unless told otherwise, which are the images the INT8 model is then
+    validated on.
+
+    Args:
+        weights (str | Path): Ultralytics .pt file.
+        out (Path): Where the OpenVINO folder goes (see `export_to`).
+        data (str | Path): Dataset yaml.
+        **kw (Any): Further Ultralytics export arguments (imgsz, batch, device).
+
+    Returns:
+        (Path): The OpenVINO model folder.
+    """
+    return export_to(weights, "openvino", out, quantize=8, data=str(data), split="train", **kw)
 
 
 def split_images(data: str | Path, split: str = "train", limit: int | None = None) -> list[Path]:

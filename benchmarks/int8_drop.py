@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from ds2d2_yolo.tools.compare import _pm, _stats
+from ds2d2_yolo.tools.compare import _pm, _stats, git_commit
 from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.prune import validate
 from ds2d2_yolo.tools.quantize import (
@@ -45,14 +44,6 @@ ENUM_OPTIONS = {
     "activation_type": "QuantType",
     "weight_type": "QuantType",
 }
-
-
-def git_commit() -> str:
-    """HEAD of the checkout this script runs from, with "-dirty" when tracked files differ from it."""
-    root = Path(__file__).resolve().parent
-    head = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True).strip()
-    dirty = subprocess.check_output(["git", "status", "--porcelain", "-uno"], cwd=root, text=True).strip()
-    return head + ("-dirty" if dirty else "")
 
 
 def quantize_options(text: str) -> dict[str, Any]:

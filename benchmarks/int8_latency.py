@@ -27,9 +27,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from int8_drop import git_commit, own_options, quantize_options
+from int8_drop import own_options, quantize_options
 
-from ds2d2_yolo.tools.compare import cpu_model
+from ds2d2_yolo.tools.compare import cpu_model, git_commit
 from ds2d2_yolo.tools.export import export_to
 from ds2d2_yolo.tools.latency import measure_latency
 from ds2d2_yolo.tools.quantize import export_openvino_int8, openvino_available, quantize_onnx, split_images

@@ -4,7 +4,9 @@ A seed fixes the initialisation, the data order and the augmentation, but not th
 over a few hundred optimizer updates that difference grows. This script shows how far a rerun of the same seed moves
 (per method: the mean and the largest |rerun − record|), and the difference of every method to `--reference`,
 paired by seed within each replicate and pooled over all of them. Records pair by method and seed (untagged rows
-only) and must hold the same settings; a pair whose settings differ stops the table.
+only) and must hold the same settings; a pair whose settings differ stops the table. On the same kind of CPU a seed can
+reproduce a run to the last digit: such a rerun is counted in "reproduced exactly", and a pair whose two runs both
+reproduce a pair already pooled is pooled once, since it is the same measurement again.
 
 Examples:
     python benchmarks/replicates.py docs/benchmarks/r3-prune50-report docs/benchmarks/r3-prune50-report-rerun
@@ -50,34 +52,48 @@ def check_same_settings(replicates: list[dict[str, dict[int, dict]]], folders: l
                     )
 
 
+# What a run measured: equal in two records means the same trajectory, not a second sample.
+MEASURED = ("mAP50", "mAP50-95", "mAP50_last5", "mAP50-95_last5", "curve")
+
+
+def same_run(a: dict, b: dict) -> bool:
+    """Whether two records measured the same values at every validation (a bit-for-bit reproduction)."""
+    return all(a.get(k) == b.get(k) for k in MEASURED)
+
+
 def pm(v: list[float]) -> str:
     """Signed mean ± sample std (the mean alone for one value, a dash for none), as compare's tables print them."""
     return _pm(*_stats(v), signed=True) if v else "—"
 
 
 def rerun_table(replicates: list[dict[str, dict[int, dict]]], metric: str = "mAP50_last5") -> str:
-    """Per method, how far each later replicate moves a seed against the first: mean and largest |Δ|, mean Δ."""
+    """Per method, how far each later replicate moves a seed against the first: mean and largest |Δ|, mean Δ, and
+    how many reruns reproduced the record exactly."""
     lines = [
-        "| method | seeds in both | mean |rerun − record| | largest |rerun − record| | mean rerun − record |",
-        "|---|---|---|---|---|",
+        "| method | seeds in both | mean |rerun − record| | largest |rerun − record| | mean rerun − record | "
+        "reproduced exactly |",
+        "|---|---|---|---|---|---|",
     ]
     first = replicates[0]
     for method in sorted(first):
-        d = [
-            other[method][s][metric] - first[method][s][metric]
+        pairs = [
+            (other[method][s], first[method][s])
             for other in replicates[1:]
             for s in sorted(first[method])
             if s in other.get(method, {})
         ]
+        d = [rerun[metric] - record[metric] for rerun, record in pairs]
         if d:
             mean_abs = statistics.fmean(abs(x) for x in d)
-            lines.append(f"| {method} | {len(d)} | {mean_abs:.3f} | {max(abs(x) for x in d):.3f} | {pm(d)} |")
+            same = sum(same_run(rerun, record) for rerun, record in pairs)
+            lines.append(f"| {method} | {len(d)} | {mean_abs:.3f} | {max(abs(x) for x in d):.3f} | {pm(d)} | {same} |")
     return "\n".join(lines) + "\n"
 
 
 def paired_table(replicates: list[dict[str, dict[int, dict]]], reference: str = "none") -> str:
     """Per method, the difference to `reference` on the same seed of the same replicate: per replicate and pooled
-    (mean ± std over every pair, pairs ahead), for last-5 mAP50 and mAP50-95."""
+    (mean ± std over every pair, pairs ahead), for last-5 mAP50 and mAP50-95. A pair both of whose runs reproduce an
+    already pooled pair exactly is pooled once."""
     methods = sorted({m for r in replicates for m in r if m != reference})
     head = " | ".join(f"replicate {i + 1} Δ mAP50" for i in range(len(replicates)))
     lines = [
@@ -85,14 +101,18 @@ def paired_table(replicates: list[dict[str, dict[int, dict]]], reference: str = 
         "|---" * (len(replicates) + 4) + "|",
     ]
     for m in methods:
-        per, pooled50, pooled95 = [], [], []
+        per, pooled50, pooled95, pooled = [], [], [], []
         for rep in replicates:
             common = sorted(set(rep.get(m, {})) & set(rep.get(reference, {})))
             d50 = [rep[m][s]["mAP50_last5"] - rep[reference][s]["mAP50_last5"] for s in common]
-            d95 = [rep[m][s]["mAP50-95_last5"] - rep[reference][s]["mAP50-95_last5"] for s in common]
             per.append(pm(d50) + (f" (seeds {','.join(map(str, common))})" if d50 else ""))
-            pooled50 += d50
-            pooled95 += d95
+            for s in common:
+                pair = (rep[m][s], rep[reference][s])
+                if any(same_run(pair[0], p[0]) and same_run(pair[1], p[1]) for p in pooled):
+                    continue
+                pooled.append(pair)
+                pooled50.append(pair[0]["mAP50_last5"] - pair[1]["mAP50_last5"])
+                pooled95.append(pair[0]["mAP50-95_last5"] - pair[1]["mAP50-95_last5"])
         ahead = f"{sum(d > 0 for d in pooled50)}/{len(pooled50)}" if pooled50 else "—"
         lines.append(f"| {m} | {' | '.join(per)} | {pm(pooled50)} | {pm(pooled95)} | {ahead} |")
     return "\n".join(lines) + "\n"

@@ -38,11 +38,24 @@ def test_rerun_and_pooled_tables(tmp_path):
     replicates.check_same_settings(reps, [a, b])
     rerun = replicates.rerun_table(reps)
     # none: seed 0 moves by -0.04 (seed 1 has no rerun); ds2d2 seed 0 moves by +0.06.
-    assert "| none | 1 | 0.040 | 0.040 | -0.040 |" in rerun
-    assert "| ds2d2 | 1 | 0.060 | 0.060 | +0.060 |" in rerun
+    assert "| none | 1 | 0.040 | 0.040 | -0.040 | 0 |" in rerun
+    assert "| ds2d2 | 1 | 0.060 | 0.060 | +0.060 | 0 |" in rerun
     paired = replicates.paired_table(reps)
     # Pairs: replicate 1 seed 0 (+0.05; +0.02), replicate 2 seed 0 (+0.15; +0.04): means +0.10 and +0.03.
     assert "| ds2d2 | +0.050 (seeds 0) | +0.150 (seeds 0) | +0.100 ± 0.071 | +0.030 ± 0.014 | 2/2 |" in paired
+
+
+def test_exact_reproductions_pool_once(tmp_path):
+    """A third replicate that reproduces the first's seed 0 to the digit is counted as reproduced and pooled once."""
+    a = write(tmp_path / "a", [("none", 0, 0.30, 0.10), ("ds2d2", 0, 0.35, 0.12)])
+    b = write(tmp_path / "b", [("none", 0, 0.26, 0.11), ("ds2d2", 0, 0.41, 0.15)])
+    c = write(tmp_path / "c", [("none", 0, 0.30, 0.10), ("ds2d2", 0, 0.35, 0.12)])
+    reps = [replicates.load(f) for f in (a, b, c)]
+    assert "| none | 2 | 0.020 | 0.040 | -0.020 ± 0.028 | 1 |" in replicates.rerun_table(reps)
+    # Pooled over the two distinct pairs only (+0.05 and +0.15), though replicate 3 shows its own +0.05.
+    paired = replicates.paired_table(reps)
+    assert "| ds2d2 | +0.050 (seeds 0) | +0.150 (seeds 0) | +0.050 (seeds 0) | +0.100 ± 0.071 |" in paired
+    assert "| 2/2 |" in paired
 
 
 def test_replicates_with_other_settings_stop(tmp_path):

@@ -101,18 +101,17 @@ def paired_table(replicates: list[dict[str, dict[int, dict]]], reference: str = 
         "|---" * (len(replicates) + 4) + "|",
     ]
     for m in methods:
-        per, pooled50, pooled95, pooled = [], [], [], []
+        per, pooled = [], []
         for rep in replicates:
             common = sorted(set(rep.get(m, {})) & set(rep.get(reference, {})))
             d50 = [rep[m][s]["mAP50_last5"] - rep[reference][s]["mAP50_last5"] for s in common]
             per.append(pm(d50) + (f" (seeds {','.join(map(str, common))})" if d50 else ""))
             for s in common:
-                pair = (rep[m][s], rep[reference][s])
-                if any(same_run(pair[0], p[0]) and same_run(pair[1], p[1]) for p in pooled):
-                    continue
-                pooled.append(pair)
-                pooled50.append(pair[0]["mAP50_last5"] - pair[1]["mAP50_last5"])
-                pooled95.append(pair[0]["mAP50-95_last5"] - pair[1]["mAP50-95_last5"])
+                run, ref = rep[m][s], rep[reference][s]
+                if not any(same_run(run, r) and same_run(ref, f) for r, f in pooled):
+                    pooled.append((run, ref))
+        pooled50 = [run["mAP50_last5"] - ref["mAP50_last5"] for run, ref in pooled]
+        pooled95 = [run["mAP50-95_last5"] - ref["mAP50-95_last5"] for run, ref in pooled]
         ahead = f"{sum(d > 0 for d in pooled50)}/{len(pooled50)}" if pooled50 else "—"
         lines.append(f"| {m} | {' | '.join(per)} | {pm(pooled50)} | {pm(pooled95)} | {ahead} |")
     return "\n".join(lines) + "\n"

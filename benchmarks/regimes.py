@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from ds2d2_yolo.cfg import CFG_DIR
-from tracks import results_folder, run_benchmark
+from tracks import VAL_SPLITS, results_folder, run_benchmark
 
 from ds2d2_yolo.tools.compare import read_results, row_label
 
@@ -85,7 +85,7 @@ def main() -> None:
     """Run one regime's grid on one split and print its table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("regime", choices=list(REGIMES))
-    ap.add_argument("--split", default="tune", choices=["tune", "report"])
+    ap.add_argument("--split", default="tune", choices=list(VAL_SPLITS))
     ap.add_argument("--methods", default="none,ds2d2")
     ap.add_argument("--seeds", default="3,4,5")
     ap.add_argument("--epochs", type=int, default=None)

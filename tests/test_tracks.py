@@ -146,7 +146,18 @@ def test_run_benchmark_rejects_bad_input_first(tmp_path):
         tracks.run_benchmark("synthetic", tmp_path, methods="ds2d2", extra={"beta": -1})
     with pytest.raises(ValueError, match="against='cwd' is not a row of this benchmark; choose from none"):
         tracks.run_benchmark("synthetic", tmp_path, methods="none", against="cwd")
+    with pytest.raises(ValueError, match="split 'fold' exists on the real track only"):
+        tracks.run_benchmark("synthetic", tmp_path, methods="none", split="fold")
     assert not any(tmp_path.iterdir())
+
+
+def test_real_splits_validate_on_images_their_training_never_sees():
+    train_of = {"report": "train", "tune": "train", "fold": "train-fold"}
+    for val, train in train_of.items():
+        assert not set(tracks.REAL_SPLITS[val]) & set(tracks.REAL_SPLITS[train]), val
+    # The fold trains on everything the others train on except its held-out image, so its choices transfer.
+    assert set(tracks.REAL_SPLITS["train"]) - set(tracks.REAL_SPLITS["train-fold"]) == {tracks.FOLD_HELD_OUT}
+    assert not set(tracks.REAL_SPLITS["report"]) & (set(tracks.REAL_SPLITS["fold"]) | set(tracks.REAL_SPLITS["tune"]))
 
 
 def test_run_benchmark_pairs_against_rows_that_finished(tmp_path, monkeypatch, capsys):

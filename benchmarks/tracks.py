@@ -65,7 +65,9 @@ REAL_SPLITS = {
 FOLD_HELD_OUT = "dota-devkit-yolo-demo/P1478__1__853___962"
 REAL_SPLITS["fold"] = [FOLD_HELD_OUT, *REAL_SPLITS["tune"]]
 REAL_SPLITS["train-fold"] = [x for x in REAL_SPLITS["train"] if x != FOLD_HELD_OUT]
-VAL_SPLITS = ("report", "tune", "fold")
+# Each validation split and the split it trains on.
+TRAIN_OF = {"report": "train", "tune": "train", "fold": "train-fold"}
+VAL_SPLITS = tuple(TRAIN_OF)
 
 TRACKS: dict[str, dict[str, Any]] = {
     # 320-px tiles at native resolution, AdamW lr0=0.002, batch 16, 100 epochs: the earlier protocol (docs/results.md).
@@ -146,8 +148,7 @@ def prepare_dota_mini(out: Path, tile: int = 320, gap: int = 64) -> dict[str, Pa
         tile_dota(stage, ds, tile=tile, gap=gap, split=split, suffix=".png", background=split in VAL_SPLITS)
         done.touch()
     names = [n.replace("-", " ") for n in DOTA_V1_CLASSES]  # the teachers' spelling
-    train = {s: "images/train-fold" if s == "fold" else "images/train" for s in VAL_SPLITS}
-    return {s: write_data_yaml(out / f"{s}.yaml", ds, train[s], f"images/{s}", names) for s in VAL_SPLITS}
+    return {s: write_data_yaml(out / f"{s}.yaml", ds, f"images/{t}", f"images/{s}", names) for s, t in TRAIN_OF.items()}
 
 
 def _dataset(root: Path, **kw: Any) -> Path:

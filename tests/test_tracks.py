@@ -152,8 +152,7 @@ def test_run_benchmark_rejects_bad_input_first(tmp_path):
 
 
 def test_real_splits_validate_on_images_their_training_never_sees():
-    train_of = {"report": "train", "tune": "train", "fold": "train-fold"}
-    for val, train in train_of.items():
+    for val, train in tracks.TRAIN_OF.items():
         assert not set(tracks.REAL_SPLITS[val]) & set(tracks.REAL_SPLITS[train]), val
     # The fold trains on everything the others train on except its held-out image, so its choices transfer.
     assert set(tracks.REAL_SPLITS["train"]) - set(tracks.REAL_SPLITS["train-fold"]) == {tracks.FOLD_HELD_OUT}

@@ -12,13 +12,14 @@ from typing import Any
 import yaml
 
 from ds2d2_yolo.cfg import CFG_DIR
-from ds2d2_yolo.core import disw, dwt
+from ds2d2_yolo.core import connectors, disw, dwt
 from ds2d2_yolo.methods import distill_methods
 
 # Choices derived from what the code supports, so validation and help list the same values.
-DISW_MODES = ("auto", *disw.DISW_MODES, "none")
+DISW_MODES = ("auto", *disw.DISW_MODES, disw.SCORE_MODE, "none")
 WAVE_MODES = dwt.MODES
 ADAPTER_MODES = ("shared", "per_stream")
+PROJECTORS = connectors.PROJECTORS
 BALANCE_MODES = ("none", "grad")
 WEIGHT_KEYS = (
     "lambda_exl",
@@ -90,10 +91,12 @@ SCHEMA: dict[str, Key] = {
     "wave_mode": Key("zero", "DWT padding: " + " | ".join(WAVE_MODES)),
     "disw": Key(
         "auto",
-        "auto (hbb for detect, obb for OBB) | hbb (reference rule, box hull for OBB) | obb (rotated rule) | none",
+        "auto (hbb for detect, obb for OBB) | hbb (reference rule, box hull for OBB) | obb (rotated rule) | "
+        "score (teacher confidence, not the reference) | none",
     ),
-    "adapters": Key(
-        "shared", "shared: one 1x1 adapter per level for both streams | per_stream: one set per stream", ""
+    "adapters": Key("shared", "shared: one adapter per level for both streams | per_stream: one set per stream", ""),
+    "projector": Key(
+        "linear", "linear: the reference's 1x1 conv adapter | mlp: 1x1 conv-ReLU-1x1 conv with bias (Ultralytics')"
     ),
     "kd_warmup": Key(0, "epochs over which the distillation total ramps linearly from 0 to its full weight (0 = off)"),
     "balance": Key(
@@ -221,7 +224,7 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
         cfg[k] = _to_count(k, cfg[k])
     cfg["kd_warmup"] = _to_float("kd_warmup", cfg["kd_warmup"])
     cfg["balance_ratio"] = _to_float("balance_ratio", cfg["balance_ratio"])
-    for k, choices in (("adapters", ADAPTER_MODES), ("balance", BALANCE_MODES)):
+    for k, choices in (("adapters", ADAPTER_MODES), ("projector", PROJECTORS), ("balance", BALANCE_MODES)):
         cfg[k] = str(cfg[k]).lower()
         if cfg[k] not in choices:
             raise DS2D2ArgError(f"'{k}={cfg[k]}' is unknown; choose one of {', '.join(choices)}")

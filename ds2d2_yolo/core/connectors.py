@@ -1,4 +1,4 @@
-"""Student-side connectors: the per-level width adapter and the MGD generation block.
+"""Student-side connectors: the per-level width adapter (projector) and the MGD generation block.
 
 Both are training-only parameters of the student side: they go into the optimizer and the EMA and are dropped
 from the exported student.
@@ -9,30 +9,45 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+PROJECTORS = ("linear", "mlp")
+
 
 class Adapter(nn.Module):
-    """1x1 convolution without bias mapping student features (C_s channels) to the teacher's width (C_t).
+    """Per-level projection of student features (C_s channels) to the teacher's width (C_t).
 
-    It is the phi of DS2D2's explicit stream and also feeds the teacher head on the implicit path. Weights keep
-    PyTorch's default Conv2d initialisation (Kaiming-uniform with a = sqrt(5)), as the reference's 1x1 connector does.
+    It is the phi of DS2D2's explicit stream and also feeds the teacher head on the implicit path.
+
+    - "linear" (the reference's connector): one 1x1 convolution without bias, in PyTorch's default Conv2d
+      initialisation (Kaiming-uniform with a = sqrt(5)).
+    - "mlp": 1x1 conv - ReLU - 1x1 conv, both with bias, the projector of Ultralytics' feature distillation. The
+      hidden non-linearity lets the projector absorb part of the mismatch, so imitation pulls the student less
+      rigidly towards the teacher's exact features.
 
     Attributes:
-        conv (nn.Conv2d): The projection.
+        conv (nn.Module): The projection (a Conv2d, or a Sequential for "mlp").
 
     Examples:
         >>> Adapter(64, 128)(torch.randn(2, 64, 20, 20)).shape
         torch.Size([2, 128, 20, 20])
+        >>> Adapter(64, 128, "mlp")(torch.randn(2, 64, 20, 20)).shape
+        torch.Size([2, 128, 20, 20])
     """
 
-    def __init__(self, c_s: int, c_t: int):
+    def __init__(self, c_s: int, c_t: int, kind: str = "linear"):
         """Create the projection.
 
         Args:
             c_s (int): Student channels.
             c_t (int): Teacher channels.
+            kind (str): "linear" or "mlp".
         """
         super().__init__()
-        self.conv = nn.Conv2d(c_s, c_t, 1, bias=False)
+        if kind not in PROJECTORS:
+            raise ValueError(f"unknown projector {kind!r}: use one of {', '.join(PROJECTORS)}")
+        if kind == "linear":
+            self.conv = nn.Conv2d(c_s, c_t, 1, bias=False)
+        else:
+            self.conv = nn.Sequential(nn.Conv2d(c_s, c_t, 1), nn.ReLU(inplace=True), nn.Conv2d(c_t, c_t, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project (N, C_s, H, W) features to (N, C_t, H, W)."""

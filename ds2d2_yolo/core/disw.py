@@ -7,13 +7,19 @@ batch at once (no Python loop over boxes):
 - "hbb", the reference rule on axis-aligned boxes (the hull for rotated ones), with a 2-D difference array;
 - "obb", the rotated rule (cells whose centre lies in the rotated rectangle, always including the cell holding the
   box centre), with one ragged gather over each box's candidate window.
+
+`score_weights` is an alternative map that needs no boxes: the teacher's own confidence, as Ultralytics' feature
+distillation weights its imitation. It is not the reference's DISW: it puts almost all of the weight on what the
+teacher detects instead of keeping every background cell at weight 1.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 DISW_MODES = ("hbb", "obb")
+SCORE_MODE = "score"  # the teacher-confidence map of `score_weights`, chosen with disw=score
 _MAX_CANDIDATES = 1 << 22  # candidate cells per obb pass; larger batches run in chunks to bound memory
 
 
@@ -183,3 +189,43 @@ def disw_weights(
         else:
             _obb(boxes, b, out, scale)
     return out.float().unsqueeze(1)
+
+
+def score_weights(
+    scores: torch.Tensor, level_hw: list[tuple[int, int]], band_hw: list[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """Teacher-confidence weight maps, one per level, on the wavelet-band grids.
+
+    Each anchor's weight is the teacher's highest class probability there, max_c sigma(z_t). A level's map is
+    average-pooled onto its band grid and divided by its mean over the batch, so the weighted element-mean MSE of
+    `band_mse` equals sum(err * w) / (C * sum(w)): a confidence-weighted mean that does not depend on how many
+    objects the batch holds.
+
+    Args:
+        scores (torch.Tensor): (B, nc, A) teacher class logits over all levels' anchors, level by level, row-major
+            (the `scores` of an Ultralytics head's `forward_head`).
+        level_hw (list[tuple[int, int]]): (H, W) of each level's feature map; their areas sum to A.
+        band_hw (list[tuple[int, int]]): (h, w) of each level's band grid.
+
+    Returns:
+        (list[torch.Tensor]): One (B, 1, h, w) float32 map per level, detached, with mean 1.
+
+    Examples:
+        >>> w = score_weights(torch.zeros(2, 3, 80), [(8, 8), (4, 4)], [(4, 4), (2, 2)])
+        >>> [tuple(x.shape) for x in w], float(w[0].mean())
+        ([(2, 1, 4, 4), (2, 1, 2, 2)], 1.0)
+    """
+    if scores.ndim != 3 or len(level_hw) != len(band_hw):
+        raise ValueError(
+            f"score_weights needs (B, nc, A) scores and one band size per level, got {tuple(scores.shape)}, "
+            f"{len(level_hw)} levels and {len(band_hw)} band sizes"
+        )
+    areas = [int(h) * int(w) for h, w in level_hw]
+    if sum(areas) != scores.shape[-1]:
+        raise ValueError(f"score_weights: the levels hold {sum(areas)} anchors but the scores have {scores.shape[-1]}")
+    conf = scores.detach().float().sigmoid().amax(1)  # (B, A)
+    out = []
+    for part, (h, w), hw in zip(conf.split(areas, dim=-1), level_hw, band_hw):
+        m = F.adaptive_avg_pool2d(part.reshape(-1, 1, int(h), int(w)), tuple(int(v) for v in hw))
+        out.append(m / m.mean().clamp(min=1e-12))
+    return out

@@ -73,7 +73,7 @@ class DS2D2Model(nn.Module):
                 f"{s_head.stride.tolist()}; pick a teacher whose head uses the same levels (P3/P4/P5)"
             )
         s_ch, t_ch = self._level_channels(student), self._level_channels(teacher)
-        self.adapters = nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch))
+        self.adapters = nn.ModuleList(Adapter(cs, ct, cfg["projector"]) for cs, ct in zip(s_ch, t_ch))
         self.impl = REGISTRY[self.method]
         extra = self.impl.connectors(s_ch, t_ch, cfg)
         unknown = set(extra) - {"generators", "adapters_im"}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ds2d2_yolo.core.connectors import Adapter
-from ds2d2_yolo.core.disw import disw_weights
+from ds2d2_yolo.core.disw import SCORE_MODE, disw_weights, score_weights
 from ds2d2_yolo.core.dwt import high_frequency
 from ds2d2_yolo.core.losses import explicit_band_loss
 from ds2d2_yolo.methods.base import FeatureMethod
@@ -33,41 +33,42 @@ class DS2D2(FeatureMethod):
         """With adapters=per_stream, a second set of adapters for the implicit stream."""
         if cfg.get("adapters", "shared") != "per_stream":
             return {}
-        return {"adapters_im": nn.ModuleList(Adapter(cs, ct) for cs, ct in zip(s_ch, t_ch))}
+        return {"adapters_im": nn.ModuleList(Adapter(cs, ct, cfg["projector"]) for cs, ct in zip(s_ch, t_ch))}
 
     def terms(self, model, s_feats, s_ad, t_feats, batch):
         """The four weighted DS2D2 terms (zero where a stream is switched off)."""
         cfg, dwt = model.cfg, model.dwt
         zero = s_ad[0].new_zeros(())
         out = dict.fromkeys(self.loss_names, zero)
-        hi_s, hi_t = [], []
+        head = model.teacher_head
+        t_head_out = None  # the teacher head on its own features, computed once for the score map and im_full
+        if cfg["implicit_full"] or (cfg["explicit"] and model.disw_mode == SCORE_MODE):
+            with torch.no_grad():
+                t_head_out = head.forward_head(t_feats, **head.one2many)
         if cfg["explicit"] or cfg["implicit_high"]:
-            img_hw = tuple(batch["img"].shape[-2:])
-            boxes = boxes_px(batch, img_hw) if model.disw_mode != "none" else None
-            bidx = batch["batch_idx"].view(-1).long() if boxes is not None else None
-            lo_sum, hi_sum = zero, zero
-            for fs, ft in zip(s_ad, t_feats):
-                ll_s, h_s = dwt(fs)
-                ll_t, h_t = dwt(ft)
-                hi_s.append(h_s)
-                hi_t.append(h_t)
-                if cfg["explicit"]:
-                    if boxes is None:
-                        w = ll_s.new_ones(ll_s.shape[0], 1, *ll_s.shape[-2:])
-                    else:
-                        w = disw_weights(boxes, bidx, ll_s.shape[0], img_hw, tuple(ll_s.shape[-2:]), model.disw_mode)
+            bands = [(dwt(fs), dwt(ft)) for fs, ft in zip(s_ad, t_feats)]
+            hi_s, hi_t = [b[0][1] for b in bands], [b[1][1] for b in bands]
+            if cfg["explicit"]:
+                n, band_hw = s_ad[0].shape[0], [tuple(b[0][0].shape[-2:]) for b in bands]
+                if model.disw_mode == SCORE_MODE:
+                    maps = score_weights(t_head_out["scores"], [tuple(f.shape[-2:]) for f in t_feats], band_hw)
+                elif model.disw_mode == "none":
+                    maps = [s_ad[0].new_ones(n, 1, *hw) for hw in band_hw]
+                else:
+                    img_hw = tuple(batch["img"].shape[-2:])
+                    boxes, bidx = boxes_px(batch, img_hw), batch["batch_idx"].view(-1).long()
+                    maps = [disw_weights(boxes, bidx, n, img_hw, hw, model.disw_mode) for hw in band_hw]
+                lo_sum, hi_sum = zero, zero
+                for ((ll_s, h_s), (ll_t, h_t)), w in zip(bands, maps):
                     lo, hi = explicit_band_loss(ll_s, h_s, ll_t, h_t, w)
                     lo_sum, hi_sum = lo_sum + lo, hi_sum + hi
-            out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
+                out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
 
         kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
         s_im = [a(f.float()) for a, f in zip(model.adapters_im, s_feats)] if len(model.adapters_im) else s_ad
         if cfg["implicit_full"]:
-            head = model.teacher_head
-            with torch.no_grad():
-                t_out = head.forward_head(t_feats, **head.one2many)
             s_out = head.forward_head(s_im, **head.one2many)
-            out["im_full"] = cfg["lambda_imf"] * model.head_kd(head, s_out, t_out, t_feats, **kd)
+            out["im_full"] = cfg["lambda_imf"] * model.head_kd(head, s_out, t_head_out, t_feats, **kd)
         if cfg["implicit_high"]:
             amp = model.amplifier
             if amp is None:

@@ -21,7 +21,9 @@ from ds2d2_yolo.cfg import CFG_DIR
 
 from ds2d2_yolo.cli import UsageError, entrypoint, resolve_data, usage, user_errors
 from ds2d2_yolo.config import SCHEMA, DS2D2ArgError, check_args, defaults, render_cfg
+from ds2d2_yolo.core.connectors import PROJECTORS
 from ds2d2_yolo.core.disw import DISW_MODES as DISW_RULES
+from ds2d2_yolo.core.disw import SCORE_MODE
 from ds2d2_yolo.core.dwt import MODES
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
@@ -172,9 +174,11 @@ def test_choices_follow_what_the_code_supports():
     """Every DWT padding mode the core implements and every DISW rule it knows is accepted, and nothing else."""
     for mode in MODES:
         assert check_args({"wave_mode": mode})["wave_mode"] == mode
-    for rule in (*DISW_RULES, "auto", "none"):
+    for rule in (*DISW_RULES, SCORE_MODE, "auto", "none"):
         assert check_args({"disw": rule})["disw"] == rule
-    for bad in ({"wave_mode": "mirror"}, {"disw": "circle"}):
+    for kind in PROJECTORS:
+        assert check_args({"projector": kind.upper()})["projector"] == kind
+    for bad in ({"wave_mode": "mirror"}, {"disw": "circle"}, {"projector": "deep"}):
         with pytest.raises(DS2D2ArgError, match="is unknown; choose one of"):
             check_args(bad)
 
@@ -197,7 +201,7 @@ def _mistakes(m: dict[str, Path], data: Path, project: Path) -> list[tuple[list[
         (["obb", "train", *base, "epochs=abc"], ("epochs=abc", "int")),
         (["obb", "train", *base, "lamda_exl=0.5"], ("'lamda_exl'", "lambda_exl", "distill, teacher")),
         (["obb", "train", *base, "distill=kd"], ("distill=kd", "ds2d2, cwd, mgd, native, pseudo, none")),
-        (["obb", "train", *base, "disw=rotated"], ("disw=rotated", "auto, hbb, obb, none")),
+        (["obb", "train", *base, "disw=rotated"], ("disw=rotated", "auto, hbb, obb, score, none")),
         (["obb", "train", *base, "wave_mode=edge"], ("wave_mode=edge", "zero, constant, symmetric")),
         (["obb", "train", *base, "lambda_exl=-1"], ("lambda_exl=-1", ">= 0")),
         (["obb", "train", *base, "explicit=maybe"], ("explicit=maybe", "explicit=true")),

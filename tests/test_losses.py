@@ -188,6 +188,21 @@ def test_adapter():
     assert ad.conv.bias is None and ad.conv.kernel_size == (1, 1)
 
 
+def test_mlp_projector_is_conv_relu_conv_with_bias():
+    """projector=mlp computes W2 relu(W1 x + b1) + b2 per position, checked against a matrix product."""
+    torch.manual_seed(0)
+    ad = Adapter(8, 16, "mlp")
+    c1, c2 = ad.conv[0], ad.conv[2]
+    assert c1.kernel_size == c2.kernel_size == (1, 1) and c1.bias is not None and c2.bias is not None
+    x = torch.randn(2, 8, 5, 5)
+    flat = x.permute(0, 2, 3, 1).reshape(-1, 8)
+    hidden = (flat @ c1.weight.view(16, 8).T + c1.bias).relu()
+    want = (hidden @ c2.weight.view(16, 16).T + c2.bias).view(2, 5, 5, 16).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ad(x), want)
+    with pytest.raises(ValueError, match="unknown projector 'deep'"):
+        Adapter(8, 16, "deep")
+
+
 def test_mgd_generator_masks_in_training_only():
     torch.manual_seed(0)
     gen_block = MGDGenerator(4, mask_ratio=0.65)

@@ -87,8 +87,9 @@ def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
     assert sorted(p.name for p in trainer.wdir.iterdir()) == ["best.pt", "last.pt"]
 
 
-def _tiny_ds2d2(tiny_models, synth_obb):
-    """A DS2D2 wrapper on the tiny OBB student and teacher, with a one-epoch amplifier and one real batch."""
+def _tiny_ds2d2(tiny_models, synth_obb, cfg=None):
+    """A DS2D2 wrapper on the tiny OBB student and teacher (DS2D2 settings `cfg` over the defaults), with a one-epoch
+    amplifier and one real batch."""
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.nn.tasks import OBBModel, load_checkpoint
@@ -109,7 +110,7 @@ def _tiny_ds2d2(tiny_models, synth_obb):
     batch = next(iter(build_dataloader(ds, 4, 0, shuffle=False)))
     batch["img"] = batch["img"].float() / 255
     amp = train_amplifier(teacher, deepcopy(teacher.model[-1]), lambda: [batch], args, epochs=1)
-    model = DS2D2Model(student, teacher, check_args({}), amplifier=amp).train()
+    model = DS2D2Model(student, teacher, check_args(dict(cfg or {})), amplifier=amp).train()
     return model, student, teacher, amp, batch
 
 
@@ -122,10 +123,11 @@ def _terms(model, batch):
     return model.distill_terms(store["s"], head_features(model.teacher, batch["img"]), batch)
 
 
-def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, synth_obb):
+@pytest.mark.parametrize("cfg", [{}, {"disw": "score", "projector": "mlp"}], ids=["defaults", "score-mlp"])
+def test_distill_loss_moves_student_and_adapters_only(cfg, tmp_path, tiny_models, synth_obb):
     """Backward through the DS2D2 terms alone: student neck and adapters get gradient; teacher, amplifier and the
     student's own head get none (the student head learns from the ground truth only)."""
-    model, student, teacher, amp, batch = _tiny_ds2d2(tiny_models, synth_obb)
+    model, student, teacher, amp, batch = _tiny_ds2d2(tiny_models, synth_obb, cfg)
     terms = _terms(model, batch)
     assert set(terms) == {"ex_low", "ex_high", "im_full", "im_high"}
     sum(terms.values()).backward()
@@ -137,6 +139,27 @@ def test_distill_loss_moves_student_and_adapters_only(tmp_path, tiny_models, syn
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapters.parameters())
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is None for p in amp.parameters())
+
+
+def test_score_weights_follow_the_teacher_head(tiny_models, synth_obb):
+    """With disw=score, ex_low is the LL-band MSE weighted by the teacher head's own confidence on this batch."""
+    from ds2d2_yolo.core.disw import score_weights
+    from ds2d2_yolo.core.losses import band_mse
+    from ds2d2_yolo.integration.hooks import capture_head_inputs, head_features
+
+    model, student, teacher, _, batch = _tiny_ds2d2(tiny_models, synth_obb, {"disw": "score", "lambda_exl": 0.7})
+    with torch.no_grad():
+        store = {}
+        with capture_head_inputs(student, store, "s"):
+            student(batch["img"])
+        t_feats = [f.float() for f in head_features(teacher, batch["img"])]
+        got = model.distill_terms(store["s"], t_feats, batch)["ex_low"]
+        head = teacher.model[-1]
+        scores = head.forward_head(t_feats, **head.one2many)["scores"]
+        lls = [(model.dwt(a(f.float()))[0], model.dwt(t)[0]) for a, f, t in zip(model.adapters, store["s"], t_feats)]
+        maps = score_weights(scores, [t.shape[-2:] for t in t_feats], [s.shape[-2:] for s, _ in lls])
+        want = 0.7 * sum(band_mse(s, t, w) for (s, t), w in zip(lls, maps))
+    torch.testing.assert_close(got, want)
 
 
 def test_channels_last_frozen_modules_change_nothing_but_layout(tiny_models, synth_obb):
@@ -262,8 +285,9 @@ def test_real_dota_teachers(teacher, tmp_path, dota8_yaml):
     [
         dict(imgsz=96, rect=True),  # P5 is 3x3 (odd band padding), rect batches
         dict(imgsz=64, multi_scale=0.5, channels=1),  # random input sizes, grayscale data with an RGB teacher
+        dict(imgsz=96, rect=True, disw="score", projector="mlp"),  # the confidence map pooled onto odd band grids
     ],
-    ids=["odd-rect", "multiscale-gray"],
+    ids=["odd-rect", "multiscale-gray", "odd-rect-score-mlp"],
 )
 def test_batches_that_must_work(case, tmp_path, tiny_models):
     """Odd feature sizes, rect batches, multi_scale, grayscale and images without boxes all distil finitely."""

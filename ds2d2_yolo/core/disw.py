@@ -16,7 +16,6 @@ teacher detects instead of keeping every background cell at weight 1.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 DISW_MODES = ("hbb", "obb")
 SCORE_MODE = "score"  # the teacher-confidence map of `score_weights`, chosen with disw=score
@@ -191,41 +190,35 @@ def disw_weights(
     return out.float().unsqueeze(1)
 
 
-def score_weights(
-    scores: torch.Tensor, level_hw: list[tuple[int, int]], band_hw: list[tuple[int, int]]
-) -> list[torch.Tensor]:
-    """Teacher-confidence weight maps, one per level, on the wavelet-band grids.
+def score_weights(scores: torch.Tensor, level_hw: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Teacher-confidence weight maps, one per level, on the feature grids.
 
-    Each anchor's weight is the teacher's highest class probability there, max_c sigma(z_t). A level's map is
-    average-pooled onto its band grid and divided by its mean over the batch, so the weighted element-mean MSE of
-    `band_mse` equals sum(err * w) / (C * sum(w)): a confidence-weighted mean that does not depend on how many
-    objects the batch holds.
+    Each anchor's weight is the teacher's highest class probability there, max_c sigma(z_t), divided by the level's
+    mean over the batch, so a weighted element-mean equals sum(err * conf) / (C * sum(conf)): a confidence-weighted
+    mean that does not depend on how many objects the batch holds. The explicit stream applies the square root of
+    the map to both features before the DWT, so an orthonormal wavelet splits exactly this weighted error into bands.
 
     Args:
         scores (torch.Tensor): (B, nc, A) teacher class logits over all levels' anchors, level by level, row-major
             (the `scores` of an Ultralytics head's `forward_head`).
         level_hw (list[tuple[int, int]]): (H, W) of each level's feature map; their areas sum to A.
-        band_hw (list[tuple[int, int]]): (h, w) of each level's band grid.
 
     Returns:
-        (list[torch.Tensor]): One (B, 1, h, w) float32 map per level, detached, with mean 1.
+        (list[torch.Tensor]): One (B, 1, H, W) float32 map per level, detached, with mean 1.
 
     Examples:
-        >>> w = score_weights(torch.zeros(2, 3, 80), [(8, 8), (4, 4)], [(4, 4), (2, 2)])
+        >>> w = score_weights(torch.zeros(2, 3, 80), [(8, 8), (4, 4)])
         >>> [tuple(x.shape) for x in w], float(w[0].mean())
-        ([(2, 1, 4, 4), (2, 1, 2, 2)], 1.0)
+        ([(2, 1, 8, 8), (2, 1, 4, 4)], 1.0)
     """
-    if scores.ndim != 3 or len(level_hw) != len(band_hw):
-        raise ValueError(
-            f"score_weights needs (B, nc, A) scores and one band size per level, got {tuple(scores.shape)}, "
-            f"{len(level_hw)} levels and {len(band_hw)} band sizes"
-        )
+    if scores.ndim != 3:
+        raise ValueError(f"score_weights needs (B, nc, A) scores, got {tuple(scores.shape)}")
     areas = [int(h) * int(w) for h, w in level_hw]
     if sum(areas) != scores.shape[-1]:
         raise ValueError(f"score_weights: the levels hold {sum(areas)} anchors but the scores have {scores.shape[-1]}")
     conf = scores.detach().float().sigmoid().amax(1)  # (B, A)
     out = []
-    for part, (h, w), hw in zip(conf.split(areas, dim=-1), level_hw, band_hw):
-        m = F.adaptive_avg_pool2d(part.reshape(-1, 1, int(h), int(w)), tuple(int(v) for v in hw))
+    for part, (h, w) in zip(conf.split(areas, dim=-1), level_hw):
+        m = part.reshape(-1, 1, int(h), int(w))
         out.append(m / m.mean().clamp(min=1e-12))
     return out

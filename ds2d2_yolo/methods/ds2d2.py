@@ -45,24 +45,30 @@ class DS2D2(FeatureMethod):
         if cfg["implicit_full"] or (cfg["explicit"] and model.disw_mode == SCORE_MODE):
             with torch.no_grad():
                 t_head_out = head.forward_head(t_feats, **head.one2many)
-        if cfg["explicit"] or cfg["implicit_high"]:
-            bands = [(dwt(fs), dwt(ft)) for fs, ft in zip(s_ad, t_feats)]
-            hi_s, hi_t = [b[0][1] for b in bands], [b[1][1] for b in bands]
-            if cfg["explicit"]:
-                n, band_hw = s_ad[0].shape[0], [tuple(b[0][0].shape[-2:]) for b in bands]
-                if model.disw_mode == SCORE_MODE:
-                    maps = score_weights(t_head_out["scores"], [tuple(f.shape[-2:]) for f in t_feats], band_hw)
-                elif model.disw_mode == "none":
+        # DWT bands of the plain features, shared by the explicit stream (unless it weights by score) and im_high.
+        need_plain = cfg["implicit_high"] or (cfg["explicit"] and model.disw_mode != SCORE_MODE)
+        plain = [(dwt(fs), dwt(ft)) for fs, ft in zip(s_ad, t_feats)] if need_plain else []
+        if cfg["explicit"]:
+            n = s_ad[0].shape[0]
+            if model.disw_mode == SCORE_MODE:
+                # Weighting the features by sqrt(w) before an orthonormal DWT splits the confidence-weighted error
+                # itself into bands; weighting the bands afterwards would blur the map over each wavelet cell.
+                roots = [m.sqrt() for m in score_weights(t_head_out["scores"], [f.shape[-2:] for f in t_feats])]
+                bands = [(dwt(fs * r), dwt(ft * r)) for fs, ft, r in zip(s_ad, t_feats, roots)]
+                maps = [s_ad[0].new_ones(n, 1, *b[0][0].shape[-2:]) for b in bands]
+            else:
+                bands, band_hw = plain, [tuple(b[0][0].shape[-2:]) for b in plain]
+                if model.disw_mode == "none":
                     maps = [s_ad[0].new_ones(n, 1, *hw) for hw in band_hw]
                 else:
                     img_hw = tuple(batch["img"].shape[-2:])
                     boxes, bidx = boxes_px(batch, img_hw), batch["batch_idx"].view(-1).long()
                     maps = [disw_weights(boxes, bidx, n, img_hw, hw, model.disw_mode) for hw in band_hw]
-                lo_sum, hi_sum = zero, zero
-                for ((ll_s, h_s), (ll_t, h_t)), w in zip(bands, maps):
-                    lo, hi = explicit_band_loss(ll_s, h_s, ll_t, h_t, w)
-                    lo_sum, hi_sum = lo_sum + lo, hi_sum + hi
-                out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
+            lo_sum, hi_sum = zero, zero
+            for ((ll_s, h_s), (ll_t, h_t)), w in zip(bands, maps):
+                lo, hi = explicit_band_loss(ll_s, h_s, ll_t, h_t, w)
+                lo_sum, hi_sum = lo_sum + lo, hi_sum + hi
+            out["ex_low"], out["ex_high"] = cfg["lambda_exl"] * lo_sum, cfg["lambda_exh"] * hi_sum
 
         kd = dict(beta=cfg["beta"], box_weight=cfg["box_kd"])
         s_im = [a(f.float()) for a, f in zip(model.adapters_im, s_feats)] if len(model.adapters_im) else s_ad
@@ -73,8 +79,8 @@ class DS2D2(FeatureMethod):
             amp = model.amplifier
             if amp is None:
                 raise RuntimeError("implicit_high is on but no high-frequency amplifier was built or loaded")
-            if s_im is not s_ad:
-                hi_s = [dwt(f)[1] for f in s_im]
+            hi_s = [dwt(f)[1] for f in s_im] if s_im is not s_ad else [b[0][1] for b in plain]
+            hi_t = [b[1][1] for b in plain]
             hf_s = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_s, s_im)]
             with torch.no_grad():
                 hf_t = [high_frequency(h, f.shape[-2:]) for h, f in zip(hi_t, t_feats)]

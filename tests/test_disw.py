@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from ds2d2_yolo.core.disw import disw_weights, score_weights, xywhr_to_xyxy_hull
-from ds2d2_yolo.core.losses import band_mse
 
 
 def loop_hbb(boxes, batch_idx, batch_size, input_hw, band_hw):
@@ -204,30 +203,21 @@ def test_cuda_matches_cpu():
 
 
 def test_score_weights_match_a_direct_computation():
-    """Each band cell holds the mean teacher confidence over the feature cells it pools (PyTorch's adaptive-pool
-    windows, written out here), divided by the level's mean; band_mse with it is the confidence-weighted mean."""
+    """Each cell holds the teacher's top class probability divided by the level's batch mean."""
     gen = torch.Generator().manual_seed(3)
-    level_hw, band_hw = [(8, 8), (5, 5)], [(4, 4), (3, 3)]
     scores = torch.randn(2, 4, 64 + 25, generator=gen) * 3
-    maps = score_weights(scores, level_hw, band_hw)
-    conf = scores.sigmoid().amax(1)
-    for lv, (part, (hh, ww), (h, w)) in enumerate(zip(conf.split([64, 25], -1), level_hw, band_hw)):
-        grid = part.view(2, hh, ww)
+    maps = score_weights(scores, [(8, 8), (5, 5)])
+    for lv, (start, (h, w)) in enumerate(((0, (8, 8)), (64, (5, 5)))):
         want = torch.zeros(2, 1, h, w)
-        for i in range(h):
-            for j in range(w):
-                r0, r1 = (i * hh) // h, math.ceil((i + 1) * hh / h)
-                c0, c1 = (j * ww) // w, math.ceil((j + 1) * ww / w)
-                want[:, 0, i, j] = grid[:, r0:r1, c0:c1].mean((1, 2))
+        for b in range(2):
+            for a in range(h * w):
+                want[b, 0, a // w, a % w] = max(torch.sigmoid(scores[b, c, start + a]) for c in range(4))
         torch.testing.assert_close(maps[lv], want / want.mean())
-        s, t = torch.randn(2, 6, h, w, generator=gen), torch.randn(2, 6, h, w, generator=gen)
-        weighted = ((s - t).pow(2) * want).sum() / (6 * want.sum())
-        torch.testing.assert_close(band_mse(s, t, maps[lv]), weighted)
-    assert not any(m.requires_grad for m in score_weights(scores.requires_grad_(), level_hw, band_hw))
+    assert not any(m.requires_grad for m in score_weights(scores.requires_grad_(), [(8, 8), (5, 5)]))
 
 
 def test_score_weights_argument_errors():
     with pytest.raises(ValueError, match="levels hold 89 anchors but the scores have 80"):
-        score_weights(torch.zeros(1, 2, 80), [(8, 8), (5, 5)], [(4, 4), (3, 3)])
-    with pytest.raises(ValueError, match="one band size per level"):
-        score_weights(torch.zeros(1, 2, 64), [(8, 8)], [(4, 4), (2, 2)])
+        score_weights(torch.zeros(1, 2, 80), [(8, 8), (5, 5)])
+    with pytest.raises(ValueError, match=r"needs \(B, nc, A\) scores"):
+        score_weights(torch.zeros(2, 64), [(8, 8)])

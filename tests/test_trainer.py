@@ -141,25 +141,33 @@ def test_distill_loss_moves_student_and_adapters_only(cfg, tmp_path, tiny_models
     assert all(p.grad is None for p in amp.parameters())
 
 
-def test_score_weights_follow_the_teacher_head(tiny_models, synth_obb):
-    """With disw=score, ex_low is the LL-band MSE weighted by the teacher head's own confidence on this batch."""
-    from ds2d2_yolo.core.disw import score_weights
-    from ds2d2_yolo.core.losses import band_mse
+def test_score_weighted_bands_equal_ultralytics_imitation(tiny_models, synth_obb):
+    """With disw=score, an mlp projector and lambda_exl:lambda_exh = 1:3, the explicit stream is exactly
+    Ultralytics' score-weighted feature imitation (its `loss_sl2`, at dis = 4 * lambda_exl) on the same projections:
+    the orthonormal Haar bands split the weighted error without changing it."""
+    from ultralytics.nn.distill_model import DistillationModel
+
     from ds2d2_yolo.integration.hooks import capture_head_inputs, head_features
 
-    model, student, teacher, _, batch = _tiny_ds2d2(tiny_models, synth_obb, {"disw": "score", "lambda_exl": 0.7})
+    cfg = {"disw": "score", "projector": "mlp", "lambda_exl": 0.5, "lambda_exh": 1.5, "implicit_high": False}
+    model, student, teacher, _, batch = _tiny_ds2d2(tiny_models, synth_obb, cfg)
     with torch.no_grad():
         store = {}
         with capture_head_inputs(student, store, "s"):
             student(batch["img"])
         t_feats = [f.float() for f in head_features(teacher, batch["img"])]
-        got = model.distill_terms(store["s"], t_feats, batch)["ex_low"]
+        got = model.distill_terms(store["s"], t_feats, batch)
         head = teacher.model[-1]
         scores = head.forward_head(t_feats, **head.one2many)["scores"]
-        lls = [(model.dwt(a(f.float()))[0], model.dwt(t)[0]) for a, f, t in zip(model.adapters, store["s"], t_feats)]
-        maps = score_weights(scores, [t.shape[-2:] for t in t_feats], [s.shape[-2:] for s, _ in lls])
-        want = 0.7 * sum(band_mse(s, t, w) for (s, t), w in zip(lls, maps))
-    torch.testing.assert_close(got, want)
+        parts = scores.split([f.shape[-2] * f.shape[-1] for f in t_feats], dim=-1)
+        conf = tuple(p.sigmoid().max(dim=1, keepdim=True).values for p in parts)
+        want = sum(
+            DistillationModel.loss_sl2(None, a(s.float()), t, i, conf)
+            for i, (a, s, t) in enumerate(zip(model.adapters, store["s"], t_feats))
+        )
+    assert all(f.shape[-1] % 2 == 0 and f.shape[-2] % 2 == 0 for f in t_feats)  # no DWT padding on these levels
+    torch.testing.assert_close(got["ex_low"] + got["ex_high"], 4 * 0.5 * want)
+    assert float(got["ex_low"]) > 0 and float(got["ex_high"]) > 0
 
 
 def test_channels_last_frozen_modules_change_nothing_but_layout(tiny_models, synth_obb):

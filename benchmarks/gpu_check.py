@@ -3,12 +3,13 @@
 Sections, each recorded in `gpu_check.json` and `gpu_check.md` under `--out`:
 
 1. env: device, torch, CUDA and cuDNN versions, and which packages came from the staged wheels.
-2. cuda_tests + train: the tests whose name holds "cuda", then a 2-epoch `distill=ds2d2` OBB run (yolov8n-obb-dota
-   teacher, dota8 tiles, `amp=True` on CUDA); every KD term finite and non-zero, best.pt reloaded and validated on CPU.
+2. cuda_tests + train: the tests whose name holds "cuda", then a 2-epoch `distill=ds2d2` OBB run with the reference's
+   full method (yolov8n-obb-dota teacher, dota8 tiles, `amp=True` on CUDA); every KD term finite and non-zero, best.pt
+   reloaded and validated on CPU.
 3. parity: one fixed batch; every DS2D2 term and its gradient on the student's neck under autocast fp16 and bf16
    against fp32 (TF32 off), relative differences (target <= 1e-2 on the terms).
 4. step_cost: `step_cost.py`'s builds, interleaved steps with CUDA synchronisation, for none, native, ds2d2,
-   ds2d2-explicit and ds2d2-implicit; peak CUDA memory per method (peak RSS on CPU). Targets: DS2D2 <= 1.3x native
+   ds2d2-reference, ds2d2-explicit and ds2d2-implicit; peak CUDA memory per method (peak RSS on CPU). Targets: DS2D2 <= 1.3x native
    time and <= 1.2x memory.
 5. throughput (full mode on CUDA only, within the time budget): R1 DOTA-mini runs (ds2d2, several seeds) as parallel
    processes on the one GPU, extrapolated to full-length R1 seed-runs per minute.
@@ -54,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / ".gpu_stage"
 SITE_ENV = "DS2D2_GPU_CHECK_SITE"  # set once the staged packages are installed, so a restart cannot loop
 TERMS = ("ex_low", "ex_high", "im_full", "im_high")
-BENCH_METHODS = ["none", "native", "ds2d2", "ds2d2-explicit", "ds2d2-implicit"]
+BENCH_METHODS = ["none", "native", "ds2d2", "ds2d2-reference", "ds2d2-explicit", "ds2d2-implicit"]
 TARGETS = {"parity_term_rel": 1e-2, "time_vs_native": 1.3, "memory_vs_native": 1.2}
 THROUGHPUT_EPOCHS = 5  # per run: enough for a steady epoch time after the first
 
@@ -374,6 +375,7 @@ def section_train(device: torch.device, prof: dict, shared: Path, work: Path, ke
     from ultralytics import YOLO
 
     from ds2d2_yolo import DS2D2Trainer
+    from ds2d2_yolo.config import REFERENCE
 
     data = dota8_yaml(shared, work)
     cuda = device.type == "cuda"
@@ -382,6 +384,7 @@ def section_train(device: torch.device, prof: dict, shared: Path, work: Path, ke
         data=data,
         teacher=str(shared / "weights" / "yolov8n-obb-dota.pt"),
         distill="ds2d2",
+        **REFERENCE,  # the full method, so both streams and the amplifier run on the device
         epochs=2,
         imgsz=prof["imgsz"],
         batch=prof["batch"],
@@ -474,7 +477,7 @@ def section_parity(device: torch.device, prof: dict, shared: Path, work: Path, t
         model, source = trained.to(device).train(), "the train section's wrapper (2 epochs, trained amplifier)"
     else:
         teacher = str(shared / "weights" / "yolov8n-obb-dota.pt")
-        model = step_cost.build("ds2d2", student_yaml(work), teacher, prof["imgsz"], 15).to(device)
+        model = step_cost.build("ds2d2-reference", student_yaml(work), teacher, prof["imgsz"], 15).to(device)
         source = "step_cost's seeded student, untrained amplifier (the train section left no model)"
     batch = to_device(step_cost._batches(dota8_yaml(shared, work), prof["imgsz"], prof["batch"], 1)[0], device)
     neck = _neck_params(model.student)

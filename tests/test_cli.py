@@ -20,7 +20,7 @@ from conftest import REPO, train_overrides
 from ds2d2_yolo.cfg import CFG_DIR
 
 from ds2d2_yolo.cli import UsageError, entrypoint, resolve_data, usage, user_errors
-from ds2d2_yolo.config import SCHEMA, DS2D2ArgError, check_args, defaults, render_cfg
+from ds2d2_yolo.config import REFERENCE, SCHEMA, DS2D2ArgError, check_args, defaults, render_cfg
 from ds2d2_yolo.core.connectors import PROJECTORS
 from ds2d2_yolo.core.disw import DISW_MODES as DISW_RULES
 from ds2d2_yolo.core.disw import SCORE_MODE
@@ -73,7 +73,8 @@ def amplifier_run(tmp_path_factory, tiny_models, synth_obb) -> Path:
 
 @pytest.fixture(scope="module")
 def ds2d2_run(tmp_path_factory, tiny_models, synth_obb, amplifier_run) -> Path:
-    """`ds2d2-yolo obb train distill=ds2d2` for one epoch at 64 px, reusing the amplifier; returns the run folder."""
+    """`ds2d2-yolo obb train distill=ds2d2` with the reference's settings for one epoch at 64 px, reusing the
+    amplifier; returns the run folder."""
     tmp = tmp_path_factory.mktemp("cli_train")
     r = cli(
         "obb",
@@ -83,6 +84,7 @@ def ds2d2_run(tmp_path_factory, tiny_models, synth_obb, amplifier_run) -> Path:
         f"teacher={tiny_models['obb_teacher']}",
         f"amplifier={amplifier_run}",
         "distill=ds2d2",
+        *(f"{k}={v}" for k, v in REFERENCE.items()),  # both streams, so the given amplifier is in use
         *fast_args(tmp, "ds2d2"),
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

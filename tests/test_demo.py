@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-from ds2d2_yolo.tools.demo import DISCLAIMER, run_demo, train_teacher
+from ds2d2_yolo.tools.demo import DISCLAIMER, read_results, run_demo, train_teacher
 
 
 def test_demo_tiny(tmp_path):
-    """Teacher, amplifier and both students train; demo.md/demo.png are written; a rerun reuses the teacher."""
-    kw = dict(epochs=1, imgsz=64, n_teacher=8, n_train=8, n_val=4, teacher_epochs=1, batch=8, amp_epochs=1)
+    """Teacher and both students train; demo.md/demo.png are written; a rerun reuses the teacher."""
+    kw = dict(epochs=1, imgsz=64, n_teacher=8, n_train=8, n_val=4, teacher_epochs=1, batch=8)
     out = tmp_path / "demo"
     results = run_demo(out, **kw)
 
@@ -19,7 +19,9 @@ def test_demo_tiny(tmp_path):
             assert math.isfinite(r[key]) and 0.0 <= r[key] <= 1.0, (name, key, r[key])
         assert math.isfinite(r["train_s"]) and r["train_s"] > 0, name
     assert (out / "teacher" / "weights" / "best.pt").is_file()
-    assert (out / "ds2d2" / "amplifier.pt").is_file() and not (out / "none" / "amplifier.pt").exists()
+    distilled = read_results(out / "ds2d2" / "results.csv")[-1]
+    assert distilled["train/ex_low"] > 0 and distilled["train/ex_high"] > 0  # the DS2D2 run really distilled
+    assert "train/ex_low" not in read_results(out / "none" / "results.csv")[-1]
 
     text = (out / "demo.md").read_text()
     assert "| model | mAP50 | mAP50-95 | train time (s) |" in text

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import train_overrides
 
-from ds2d2_yolo.config import DS2D2ArgError, check_args
+from ds2d2_yolo.config import REFERENCE, DS2D2ArgError, check_args
 from ds2d2_yolo.core.diagnostics import DiagnosticsLog, balanced_weights, feature_distance, grad_stats
 from ds2d2_yolo.core.schedule import KDSchedule
 from ds2d2_yolo.integration.amplifier import amplifier_loss, recalibrate_bn, train_amplifier
@@ -138,7 +138,7 @@ def test_head_map_matches_ultralytics_val(dota8_yaml, tmp_path):
 def test_per_stream_adapters_take_only_their_stream(tiny_models, synth_obb, tmp_path):
     """With adapters=per_stream the explicit terms reach only `adapters` and the implicit ones only `adapters_im`."""
     kw = train_overrides(tmp_path, model=str(tiny_models["obb_student"]), data=str(synth_obb))
-    kw.update(teacher=str(tiny_models["obb_teacher"]), distill="ds2d2", adapters="per_stream", amp_epochs=1)
+    kw.update(REFERENCE, teacher=str(tiny_models["obb_teacher"]), distill="ds2d2", adapters="per_stream", amp_epochs=1)
     tr = DS2D2Trainer(overrides=kw)
     tr._setup_train()
     model = tr.model.train()
@@ -166,7 +166,7 @@ def test_warmup_balance_and_diagnostics_end_to_end(tiny_models, synth_obb, tmp_p
     """A run with a KD warm-up, balance=grad and diagnose=1 logs finite ratios/cosines/distances every step, writes
     balance.json whose new weights are the ones resume would use (last.pt's DS2D2 args), and plots."""
     kw = train_overrides(tmp_path, model=str(tiny_models["obb_student"]), data=str(synth_obb), epochs=2)
-    kw.update(teacher=str(tiny_models["obb_teacher"]), distill="ds2d2", kd_warmup=1, balance="grad")
+    kw.update(REFERENCE, teacher=str(tiny_models["obb_teacher"]), distill="ds2d2", kd_warmup=1, balance="grad")
     kw.update(balance_steps=2, diagnose=1, adapters="per_stream")
     tr = DS2D2Trainer(overrides=kw)
     scales = []

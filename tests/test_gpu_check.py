@@ -17,7 +17,7 @@ from conftest import DATA, REPO, V8_TEACHER, need_shared
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 SECTIONS = ("env", "cuda_tests", "train", "parity", "step_cost", "throughput")
 TERMS = ("ex_low", "ex_high", "im_full", "im_high")
-METHODS = ("none", "native", "ds2d2", "ds2d2-explicit", "ds2d2-implicit")
+METHODS = ("none", "native", "ds2d2", "ds2d2-reference", "ds2d2-explicit", "ds2d2-implicit")
 
 
 def _load_script():

@@ -35,7 +35,7 @@ from conftest import REPO, V8_TEACHER, save_checkpoint, tiny_yaml, train_overrid
 from ultralytics.models.yolo.obb import OBBTrainer
 
 from ds2d2_yolo import DS2D2Trainer
-from ds2d2_yolo.config import DS2D2ArgError, check_args
+from ds2d2_yolo.config import REFERENCE, DS2D2ArgError, check_args
 from ds2d2_yolo.integration.amplifier import save_amplifier
 from ds2d2_yolo.integration.checkpoint import atomic_save
 from ds2d2_yolo.integration.hooks import detection_head, freeze, head_features
@@ -85,11 +85,13 @@ def all_finite(tensors: Any) -> bool:
 
 
 def obb_kw(tiny_models: dict[str, Path], data: Path, **kw) -> dict[str, Any]:
-    """Student, data and teacher keys of the tiny OBB setup."""
+    """Student, data and teacher keys of the tiny OBB setup, with DS2D2's reference settings, so that every part
+    these tests exercise (both streams, the amplifier and its file, the 1x1 adapters) is in the run."""
     return {
         "model": str(tiny_models["obb_student"]),
         "data": str(data),
         "teacher": str(tiny_models["obb_teacher"]),
+        **REFERENCE,
         **kw,
     }
 
@@ -349,7 +351,7 @@ from copy import deepcopy
 import torch
 from ultralytics.nn.tasks import OBBModel, load_checkpoint
 from ds2d2_yolo.integration.hooks import freeze
-from ds2d2_yolo.config import check_args
+from ds2d2_yolo.config import REFERENCE, check_args
 from ds2d2_yolo.integration.wrapper import DS2D2Model
 from ds2d2_yolo.core.disw import disw_weights
 from ds2d2_yolo.integration.hooks import capture_head_inputs, detection_head, head_features
@@ -361,7 +363,7 @@ student = OBBModel(sys.argv[1], nc=3, verbose=False)
 teacher = load_checkpoint(sys.argv[2])[0].float().eval()
 for p in teacher.parameters():
     p.requires_grad_(False)
-model = DS2D2Model(student, teacher, check_args({}), amplifier=freeze(deepcopy(detection_head(teacher)))).train()
+model = DS2D2Model(student, teacher, check_args(REFERENCE), amplifier=freeze(deepcopy(detection_head(teacher)))).train()
 imgsz = 256
 img = torch.rand(2, 3, imgsz, imgsz)
 
@@ -1260,7 +1262,7 @@ def test_mode_help_lists_that_modes_keys(capsys):
 
     assert entrypoint(["train", "help"]) == 0
     out = capsys.readouterr().out
-    assert "lambda_exl=0.1" in out and "scaled_model_yaml" in out and "tile=" not in out
+    assert "lambda_exl=1.5" in out and "scaled_model_yaml" in out and "tile=" not in out
     for mode, spec in SUBCOMMAND_KEYS.items():
         assert entrypoint([mode, "help"]) == 0
         out = capsys.readouterr().out

@@ -38,13 +38,15 @@ def test_step_cost_rows_per_method(tiny_models, synth_obb, capsys):
 
 
 def test_step_cost_models_follow_the_method(tiny_models):
-    """The explicit-only ablation carries no amplifier; full DS2D2 does; CWD is a CWD wrapper; `@nchw` keeps the
-    frozen modules in the default layout that the wrapper otherwise turns channels-last."""
+    """DS2D2's defaults and the explicit-only ablation carry no amplifier; the reference's full DS2D2 does; CWD is a
+    CWD wrapper; `@nchw` keeps the frozen modules in the default layout that the wrapper otherwise turns
+    channels-last."""
     args = (str(tiny_models["obb_student"]), str(tiny_models["obb_teacher"]), 64, 3)
     assert step_cost.build("ds2d2-explicit", *args).amplifier is None
-    assert step_cost.build("ds2d2", *args).amplifier is not None
+    assert step_cost.build("ds2d2", *args).amplifier is None
+    assert step_cost.build("ds2d2-reference", *args).amplifier is not None
     assert step_cost.build("cwd", *args).method == "cwd"
-    full, nchw = step_cost.build("ds2d2", *args), step_cost.build("ds2d2@nchw", *args)
+    full, nchw = step_cost.build("ds2d2-reference", *args), step_cost.build("ds2d2-reference@nchw", *args)
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(full))
     assert all(w.is_contiguous() for w in _conv_weights(nchw))
     assert not all(w.is_contiguous() for w in _conv_weights(full))  # the two layouts really differ

@@ -15,6 +15,7 @@ import tune_defaults
 
 from ds2d2_yolo.config import DS2D2ArgError, defaults
 from ds2d2_yolo.tools import compare
+from ds2d2_yolo.tools.demo import read_results as read_csv
 
 
 def _record(method: str, seed: int, m50: float, m95: float, step: float = 1.0, rss: float = 100.0) -> dict:
@@ -203,7 +204,8 @@ def test_run_benchmark_grid_resumes_and_tags(tmp_path, monkeypatch, synth_obb, t
     recs = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
     assert [(r["method"], r["seed"], r["epochs"]) for r in recs] == [("none", 7, 1), ("ds2d2", 7, 1)]
     assert all(np.isfinite(r["mAP50"]) and r["s_per_step"] > 0 and r["peak_rss_mb"] > 0 for r in recs)
-    assert (folder / "runs" / "ds2d2-s7" / "amplifier.pt").exists()  # the DS2D2 run really distilled
+    distilled = read_csv(folder / "runs" / "ds2d2-s7" / "results.csv")[-1]
+    assert distilled["train/ex_low"] > 0 and distilled["train/ex_high"] > 0  # the DS2D2 run really distilled
     # Each record says what it ran: the shipped defaults under the run's overrides, without machine paths.
     assert recs[1]["args"]["distill"] == "ds2d2" and recs[1]["args"]["amp_epochs"] == 1
     assert recs[1]["args"]["lambda_exl"] == defaults()["lambda_exl"] and "teacher" not in recs[1]["args"]

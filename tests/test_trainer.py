@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import torch
 from conftest import V8_TEACHER, Y26_TEACHER, need_shared, train_overrides
 
 from ds2d2_yolo import DS2D2Trainer
+from ds2d2_yolo.config import REFERENCE
 from ds2d2_yolo.integration.teacher import fingerprint
 
 DS2D2_COLS = ("train/ex_low", "train/ex_high", "train/im_full", "train/im_high")
@@ -24,6 +26,15 @@ def read_results(save_dir: Path) -> list[dict[str, float]]:
         return [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def assert_terms(row: dict, cfg: dict) -> None:
+    """The columns of the terms a run has on are finite and non-zero; those of the streams it has off are 0."""
+    on = {"ex_low": cfg["explicit"], "ex_high": cfg["explicit"]}
+    on |= {"im_full": cfg["implicit_full"], "im_high": cfg["implicit_high"]}
+    for term, enabled in on.items():
+        v = row[f"train/{term}"]
+        assert (math.isfinite(v) and v != 0) if enabled else v == 0, (term, v)
+
+
 def run_training(tmp: Path, **kw) -> DS2D2Trainer:
     trainer = DS2D2Trainer(overrides=train_overrides(tmp, **kw))
     trainer.train()
@@ -32,14 +43,20 @@ def run_training(tmp: Path, **kw) -> DS2D2Trainer:
 
 @pytest.mark.parametrize("task", ["obb", "detect"])
 def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
-    """Training runs for detect and OBB; every DS2D2 column is finite and non-zero; teacher untouched."""
+    """Training with the reference's full method runs for detect and OBB; every DS2D2 column is finite and non-zero;
+    teacher untouched."""
     teacher_path = tiny_models[f"{task}_teacher"]
     data = synth_obb if task == "obb" else synth_det
     seen = {}
 
     trainer = DS2D2Trainer(
         overrides=train_overrides(
-            tmp_path, model=str(tiny_models[f"{task}_student"]), data=str(data), teacher=str(teacher_path), epochs=2
+            tmp_path,
+            model=str(tiny_models[f"{task}_student"]),
+            data=str(data),
+            teacher=str(teacher_path),
+            epochs=2,
+            **REFERENCE,
         )
     )
     assert type(trainer).__name__ == ("DS2D2OBBTrainer" if task == "obb" else "DS2D2Trainer")
@@ -88,8 +105,8 @@ def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
 
 
 def _tiny_ds2d2(tiny_models, synth_obb, cfg=None):
-    """A DS2D2 wrapper on the tiny OBB student and teacher (DS2D2 settings `cfg` over the defaults), with a one-epoch
-    amplifier and one real batch."""
+    """A DS2D2 wrapper on the tiny OBB student and teacher (DS2D2 settings `cfg` over the reference's), with a
+    one-epoch amplifier and one real batch."""
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.nn.tasks import OBBModel, load_checkpoint
@@ -110,7 +127,7 @@ def _tiny_ds2d2(tiny_models, synth_obb, cfg=None):
     batch = next(iter(build_dataloader(ds, 4, 0, shuffle=False)))
     batch["img"] = batch["img"].float() / 255
     amp = train_amplifier(teacher, deepcopy(teacher.model[-1]), lambda: [batch], args, epochs=1)
-    model = DS2D2Model(student, teacher, check_args(dict(cfg or {})), amplifier=amp).train()
+    model = DS2D2Model(student, teacher, check_args({**REFERENCE, **(cfg or {})}), amplifier=amp).train()
     return model, student, teacher, amp, batch
 
 
@@ -242,7 +259,7 @@ def test_resume_continues_distillation(tmp_path, tiny_models, synth_obb):
         pass
 
     kw = dict(model=str(tiny_models["obb_student"]), data=str(synth_obb), teacher=str(tiny_models["obb_teacher"]))
-    trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, epochs=2, **kw))
+    trainer = DS2D2Trainer(overrides=train_overrides(tmp_path, epochs=2, **kw, **REFERENCE))
 
     def crash(tr):
         raise Crash
@@ -282,10 +299,10 @@ def test_real_dota_teachers(teacher, tmp_path, dota8_yaml):
     from ds2d2_yolo.tools.models import scaled_model_yaml
 
     student = scaled_model_yaml("yolov8-obb.yaml", depth=0.33, width=0.0625, nc=15, out=tmp_path / "s-obb.yaml")
-    trainer = run_training(tmp_path, model=str(student), data=str(dota8_yaml), teacher=str(teacher), imgsz=128)
-    row = read_results(trainer.save_dir)[-1]
-    for col in DS2D2_COLS:
-        assert torch.isfinite(torch.tensor(row[col])) and row[col] != 0, (col, row[col])
+    trainer = run_training(
+        tmp_path, model=str(student), data=str(dota8_yaml), teacher=str(teacher), imgsz=128, **REFERENCE
+    )
+    assert_terms(read_results(trainer.save_dir)[-1], trainer.ds2d2)
 
 
 @pytest.mark.parametrize(
@@ -293,9 +310,9 @@ def test_real_dota_teachers(teacher, tmp_path, dota8_yaml):
     [
         dict(imgsz=96, rect=True),  # P5 is 3x3 (odd band padding), rect batches
         dict(imgsz=64, multi_scale=0.5, channels=1),  # random input sizes, grayscale data with an RGB teacher
-        dict(imgsz=96, rect=True, disw="score", projector="mlp"),  # the confidence map pooled onto odd band grids
+        dict(imgsz=96, rect=True, **REFERENCE),  # DISW and both amplifiers on the same odd grids
     ],
-    ids=["odd-rect", "multiscale-gray", "odd-rect-score-mlp"],
+    ids=["odd-rect", "multiscale-gray", "odd-rect-reference"],
 )
 def test_batches_that_must_work(case, tmp_path, tiny_models):
     """Odd feature sizes, rect batches, multi_scale, grayscale and images without boxes all distil finitely."""
@@ -310,9 +327,7 @@ def test_batches_that_must_work(case, tmp_path, tiny_models):
         tmp_path, model=str(tiny_models["obb_student"]), data=str(data), teacher=str(tiny_models["obb_teacher"]), **case
     )
     assert trainer.model.student.yaml.get("channels", 3) == channels
-    row = read_results(trainer.save_dir)[-1]
-    for col in DS2D2_COLS:
-        assert torch.isfinite(torch.tensor(row[col])) and row[col] != 0, (col, row[col])
+    assert_terms(read_results(trainer.save_dir)[-1], trainer.ds2d2)
 
 
 def test_resume_distill_none(tmp_path, tiny_models, synth_obb):

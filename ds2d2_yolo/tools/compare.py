@@ -43,7 +43,7 @@ from ultralytics import YOLO
 from ultralytics.cfg import DEFAULT_CFG_DICT, get_save_dir
 from ultralytics.utils import LOGGER, IterableSimpleNamespace, colorstr
 
-from ds2d2_yolo.config import check_args, resolve_data, split_overrides, warn_args
+from ds2d2_yolo.config import REFERENCE, check_args, resolve_data, split_overrides, warn_args
 from ds2d2_yolo.integration.trainer import DS2D2Trainer, resolve_task
 from ds2d2_yolo.methods import distill_methods
 
@@ -51,6 +51,7 @@ from ds2d2_yolo.methods import distill_methods
 METHODS: dict[str, dict[str, Any]] = {
     **{m: {"distill": m} for m in ("none", "native", "cwd", "mgd", "ds2d2", "pseudo") if m in distill_methods()},
     "ds2d2-explicit": {"distill": "ds2d2", "implicit_full": False, "implicit_high": False},
+    "ds2d2-reference": {"distill": "ds2d2", **REFERENCE},
     "ds2d2-implicit": {"distill": "ds2d2", "explicit": False},
     "ds2d2-nodisw": {"distill": "ds2d2", "disw": "none"},
     "ds2d2-db2": {"distill": "ds2d2", "wavelet": "db2"},

@@ -5,8 +5,8 @@
 1. generate a synthetic OBB dataset (`ds2d2_yolo.tools.synthetic`): a large training split for the teacher, a small
    one for the student (the teacher has seen far more scenes than the student will), and a shared validation split;
 2. train a tiny YOLOv8-OBB teacher with plain Ultralytics, or reuse `out/teacher/weights/best.pt`;
-3. train a smaller student twice from scratch with identical settings and seed: `distill=ds2d2` (its high-frequency
-   amplifier is trained first, automatically) and `distill=none`;
+3. train a smaller student twice from scratch with identical settings and seed: `distill=ds2d2` (at the
+   package's defaults) and `distill=none`;
 4. print and write a markdown table (`out/demo.md`) and a plot (`out/demo.png`).
 
 One short run on one seed shows that the pipeline works end to end; it is not evidence that one method beats
@@ -218,8 +218,7 @@ def format_table(results: dict[str, dict[str, Any]], settings: str) -> str:
             "",
             *lines,
             "",
-            "The ds2d2 time includes training its high-frequency amplifier. All models are scored on the same "
-            "validation split.",
+            "All models are scored on the same validation split.",
             "",
             f"**{DISCLAIMER}**",
             "",
@@ -298,7 +297,6 @@ def run_demo(
     n_val: int = 200,
     teacher_epochs: int = 10,
     batch: int = 8,
-    amp_epochs: int = 2,
     teacher_width: float = 0.25,
     student_width: float = 0.125,
 ) -> dict[str, dict[str, float]]:
@@ -316,7 +314,6 @@ def run_demo(
         n_val (int): Validation images shared by all three models.
         teacher_epochs (int): Teacher epochs (only when no teacher is saved in `out` yet).
         batch (int): Batch size of the students (the teacher trains at 16).
-        amp_epochs (int): Epochs of high-frequency amplifier training in the ds2d2 run.
         teacher_width (float): Teacher width multiple.
         student_width (float): Student width multiple.
 
@@ -353,7 +350,6 @@ def run_demo(
         val=False,  # validate the final epoch only: per-epoch validation would cost as much as training here
         plots=False,
         amp=False,
-        amp_epochs=amp_epochs,
         nbs=batch,
         project=str(out),
         exist_ok=True,

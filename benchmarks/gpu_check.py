@@ -9,8 +9,8 @@ Sections, each recorded in `gpu_check.json` and `gpu_check.md` under `--out`:
 3. parity: one fixed batch; every DS2D2 term and its gradient on the student's neck under autocast fp16 and bf16
    against fp32 (TF32 off), relative differences (target <= 1e-2 on the terms).
 4. step_cost: `step_cost.py`'s builds, interleaved steps with CUDA synchronisation, for none, native, ds2d2,
-   ds2d2-reference, ds2d2-explicit and ds2d2-implicit; peak CUDA memory per method (peak RSS on CPU). Targets: DS2D2 <= 1.3x native
-   time and <= 1.2x memory.
+   ds2d2-reference, ds2d2-explicit and ds2d2-implicit; peak CUDA memory per method (peak RSS on CPU). Targets:
+   DS2D2 <= 1.3x native time and <= 1.2x memory.
 5. throughput (full mode on CUDA only, within the time budget): R1 DOTA-mini runs (ds2d2, several seeds) as parallel
    processes on the one GPU, extrapolated to full-length R1 seed-runs per minute.
 

@@ -104,6 +104,22 @@ def test_train_end_to_end(task, tmp_path, tiny_models, synth_obb, synth_det):
     assert sorted(p.name for p in trainer.wdir.iterdir()) == ["best.pt", "last.pt"]
 
 
+@pytest.mark.parametrize("task", ["obb", "detect"])
+def test_defaults_distil_detect_and_obb(task, tmp_path, tiny_models, synth_obb, synth_det):
+    """The shipped defaults (explicit stream, mlp projector, confidence weights) train on both heads: the explicit
+    columns are non-zero, the implicit ones 0, no amplifier is trained, and last.pt holds the two-layer projectors."""
+    trainer = run_training(
+        tmp_path,
+        model=str(tiny_models[f"{task}_student"]),
+        data=str(synth_obb if task == "obb" else synth_det),
+        teacher=str(tiny_models[f"{task}_teacher"]),
+    )
+    assert_terms(read_results(trainer.save_dir)[-1], trainer.ds2d2)
+    assert not (trainer.save_dir / "amplifier.pt").exists()
+    connectors = torch.load(trainer.last, weights_only=False)["ds2d2"]["connectors"]
+    assert {"adapters.0.conv.0.bias", "adapters.0.conv.2.weight"} <= set(connectors)
+
+
 def _tiny_ds2d2(tiny_models, synth_obb, cfg=None):
     """A DS2D2 wrapper on the tiny OBB student and teacher (DS2D2 settings `cfg` over the reference's), with a
     one-epoch amplifier and one real batch."""

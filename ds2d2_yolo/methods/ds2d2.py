@@ -1,4 +1,4 @@
-"""DS2D2: the explicit stream (DISW-weighted wavelet bands) and the implicit stream (knowledge amplifiers)."""
+"""DS2D2: the explicit stream (weighted wavelet bands) and the implicit stream (knowledge amplifiers)."""
 
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ def _terms(model, batch):
     return model.distill_terms(store["s"], head_features(model.teacher, batch["img"]), batch)
 
 
-@pytest.mark.parametrize("cfg", [{}, {"disw": "score", "projector": "mlp"}], ids=["defaults", "score-mlp"])
+@pytest.mark.parametrize("cfg", [{}, {"disw": "score", "projector": "mlp"}], ids=["reference", "reference-score-mlp"])
 def test_distill_loss_moves_student_and_adapters_only(cfg, tmp_path, tiny_models, synth_obb):
     """Backward through the DS2D2 terms alone: student neck and adapters get gradient; teacher, amplifier and the
     student's own head get none (the student head learns from the ground truth only)."""

@@ -152,3 +152,16 @@ def test_benchmark_mode_points_at_compare_and_the_tracks(capsys):
     assert entrypoint(["benchmark", "track=dota"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "ds2d2-yolo compare" in line and "benchmarks/" in line
+
+
+def test_every_ds2d2_row_distils():
+    """Each DS2D2 row of a comparison has a stream on: an ablation that switched everything off would silently be
+    `none` with extra cost."""
+    from ds2d2_yolo.config import check_args
+
+    for name, row in compare.METHODS.items():
+        if row["distill"] == "ds2d2":
+            cfg = check_args(row)
+            assert cfg["explicit"] or cfg["implicit_full"] or cfg["implicit_high"], name
+    assert check_args(compare.METHODS["ds2d2-implicit"])["implicit_high"]
+    assert check_args(compare.METHODS["ds2d2-explicit"])["projector"] == "linear"

@@ -50,9 +50,10 @@ from ds2d2_yolo.methods import distill_methods
 # Rows a comparison can run: every method with its defaults (in the table's order), then DS2D2's ablations.
 METHODS: dict[str, dict[str, Any]] = {
     **{m: {"distill": m} for m in ("none", "native", "cwd", "mgd", "ds2d2", "pseudo") if m in distill_methods()},
-    "ds2d2-explicit": {"distill": "ds2d2", "implicit_full": False, "implicit_high": False},
     "ds2d2-reference": {"distill": "ds2d2", **REFERENCE},
-    "ds2d2-implicit": {"distill": "ds2d2", "explicit": False},
+    # The reference's streams one at a time (what each costs and brings).
+    "ds2d2-explicit": {"distill": "ds2d2", **REFERENCE, "implicit_full": False, "implicit_high": False},
+    "ds2d2-implicit": {"distill": "ds2d2", **REFERENCE, "explicit": False},
     "ds2d2-nodisw": {"distill": "ds2d2", "disw": "none"},
     "ds2d2-db2": {"distill": "ds2d2", "wavelet": "db2"},
 }

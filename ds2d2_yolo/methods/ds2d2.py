@@ -49,21 +49,19 @@ class DS2D2(FeatureMethod):
         need_plain = cfg["implicit_high"] or (cfg["explicit"] and model.disw_mode != SCORE_MODE)
         plain = [(dwt(fs), dwt(ft)) for fs, ft in zip(s_ad, t_feats)] if need_plain else []
         if cfg["explicit"]:
-            n = s_ad[0].shape[0]
+            bands = plain
             if model.disw_mode == SCORE_MODE:
                 # Weighting the features by sqrt(w) before an orthonormal DWT splits the confidence-weighted error
                 # itself into bands; weighting the bands afterwards would blur the map over each wavelet cell.
                 roots = [m.sqrt() for m in score_weights(t_head_out["scores"], [f.shape[-2:] for f in t_feats])]
                 bands = [(dwt(fs * r), dwt(ft * r)) for fs, ft, r in zip(s_ad, t_feats, roots)]
-                maps = [s_ad[0].new_ones(n, 1, *b[0][0].shape[-2:]) for b in bands]
+            n, band_hw = s_ad[0].shape[0], [tuple(b[0][0].shape[-2:]) for b in bands]
+            if model.disw_mode in {SCORE_MODE, "none"}:  # score weights are already inside the bands
+                maps = [s_ad[0].new_ones(n, 1, *hw) for hw in band_hw]
             else:
-                bands, band_hw = plain, [tuple(b[0][0].shape[-2:]) for b in plain]
-                if model.disw_mode == "none":
-                    maps = [s_ad[0].new_ones(n, 1, *hw) for hw in band_hw]
-                else:
-                    img_hw = tuple(batch["img"].shape[-2:])
-                    boxes, bidx = boxes_px(batch, img_hw), batch["batch_idx"].view(-1).long()
-                    maps = [disw_weights(boxes, bidx, n, img_hw, hw, model.disw_mode) for hw in band_hw]
+                img_hw = tuple(batch["img"].shape[-2:])
+                boxes, bidx = boxes_px(batch, img_hw), batch["batch_idx"].view(-1).long()
+                maps = [disw_weights(boxes, bidx, n, img_hw, hw, model.disw_mode) for hw in band_hw]
             lo_sum, hi_sum = zero, zero
             for ((ll_s, h_s), (ll_t, h_t)), w in zip(bands, maps):
                 lo, hi = explicit_band_loss(ll_s, h_s, ll_t, h_t, w)

@@ -35,6 +35,7 @@ from ds2d2_yolo import __version__
 from ds2d2_yolo.cfg import CFG_DIR
 from ds2d2_yolo.config import (
     DATASET_YAMLS,
+    DISW_MODES,
     SCHEMA,
     DS2D2ArgError,
     check_args,
@@ -107,6 +108,7 @@ SUBCOMMAND_KEYS: dict[str, dict[str, tuple[Any, Any, tuple | None]]] = {
         "conf": (0.25, float, None),
         "project": (None, str, None),
         "name": (None, str, None),
+        "disw": (defaults()["disw"], str, DISW_MODES),
     },
     "demo": {"out": ("runs/ds2d2-demo", str, None), "epochs": (None, int, None), "seed": (0, int, None)},
     # Its own keys only: every other key is a training key, checked as train checks it and given to every run.
@@ -172,7 +174,7 @@ MODE_HELP = {
     "amplifier": "train the high-frequency amplifier of teacher= on data= once and write amplifier.pt",
     "convert": "prepare a dataset: format=dota|dior|dior-r src=... dst=... (DOTA: tile= gap=; val=0.2 or val_src=)",
     "slice": "sliced prediction on one large image: model=... source=... tile=1024 overlap=0.2",
-    "visualize": "DWT bands and DISW maps of teacher and student: teacher=... model=... source=...",
+    "visualize": "DWT bands and weight maps of teacher and student: teacher=... model=... source=... (disw=)",
     "prune": "prune a trained detect/OBB .pt with Torch-Pruning: model=... ratio=0.5 importance=l2 (data= for mAP)",
     "compress": "prune -> distil -> FP32/INT8 export -> validate: model=... data=... ratio=0.5 distill=ds2d2 epochs=",
     "demo": "offline end-to-end demo on generated aerial data (ds2d2 vs none)",

@@ -1,4 +1,4 @@
-"""Band visualiser: PNG layout, box sources, and a DISW map that is raised exactly where the boxes are."""
+"""Band visualiser: PNG layout, box sources, a DISW map raised exactly where the boxes are, and the confidence map."""
 
 from __future__ import annotations
 
@@ -99,7 +99,39 @@ def test_visualize_explicit_boxes_and_errors(tmp_path, tiny_models, synth_obb):
         run_visualize(t, t, img, wavelet="nope", out=tmp_path / "x.png")
     with pytest.raises(DS2D2ArgError):
         run_visualize(t, t, img, boxes="somewhere", out=tmp_path / "x.png")
+    with pytest.raises(DS2D2ArgError, match="disw=boxes"):
+        run_visualize(t, t, img, disw="boxes", out=tmp_path / "x.png")
     alone = tmp_path / "alone.png"
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(alone)
     with pytest.raises(FileNotFoundError):
         run_visualize(t, t, alone, boxes="labels", out=tmp_path / "x.png")
+
+
+def test_weight_panel_follows_disw(tmp_path, tiny_models, synth_obb):
+    """By default the panel shows what training weights by, the teacher's confidence on each feature grid; it equals
+    the class probabilities of the teacher's own eval-mode output, and `disw=obb` switches back to the box map."""
+    from ds2d2_yolo.config import defaults
+
+    teacher = load_model(tiny_models["obb_teacher"])
+    student = load_model(tiny_models["obb_student"])
+    img = torch.rand(1, 3, 96, 64, generator=torch.Generator().manual_seed(0))
+    levels = band_maps(student, teacher, img, torch.zeros(0, 5), disw_mode="score")
+    with torch.no_grad():
+        pred = teacher(img)[0]  # (1, 4 + nc + 1, A): boxes, class probabilities, angle
+    nc = int(teacher.yaml["nc"])
+    conf = pred[0, 4 : 4 + nc].amax(0)
+    start = 0
+    for lv, stride in zip(levels, (8, 16, 32)):
+        h, w = 96 // stride, 64 // stride
+        assert lv.disw.shape == (h, w) and lv.teacher_ll.shape == ((h + 1) // 2, (w + 1) // 2)
+        expect = conf[start : start + h * w].reshape(h, w)
+        start += h * w
+        np.testing.assert_allclose(lv.disw, (expect / expect.mean()).numpy(), rtol=1e-4, atol=1e-6)
+        assert lv.disw_mode == "score"
+    assert start == pred.shape[-1]
+
+    t = tiny_models["obb_teacher"]
+    image = first_image(synth_obb)
+    out = run_visualize(t, t, image, imgsz=64, out=tmp_path / "default.png")
+    assert defaults()["disw"] == "score" and layout(out)["disw"] == "score"
+    assert layout(run_visualize(t, t, image, imgsz=64, out=tmp_path / "obb.png", disw="obb"))["disw"] == "obb"

@@ -1,8 +1,9 @@
 """Band visualiser: what DS2D2 compares at each head level, for one image, as a PNG grid.
 
 For every level feeding the detection head (P3/P4/P5) one row shows the input with the boxes used, the teacher's LL
-band and high-frequency energy, the student's LL band and high-frequency energy, and the level's DISW weight map, all
-on the same image extent. Teacher and student have different channel counts, so each band is shown as its energy per
+band and high-frequency energy, the student's LL band and high-frequency energy, and the level's weight map (the
+explicit stream's `disw=` weights: by default the teacher's confidence, or the box-based DISW), all on the same image
+extent. Teacher and student have different channel counts, so each band is shown as its energy per
 cell, the root mean square over channels (and over LH, HL, HH for the high bands), which makes the two comparable in
 shape though not in scale; every panel has its own colour scale.
 
@@ -34,21 +35,21 @@ from ultralytics.utils.files import increment_path
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import xywhr2xyxyxyxy, xyxyxyxy2xywhr
 
-from ds2d2_yolo.config import DS2D2ArgError, check_wavelet
-from ds2d2_yolo.core.disw import disw_weights, resolve_disw_mode
+from ds2d2_yolo.config import DISW_MODES, DS2D2ArgError, check_wavelet, defaults
+from ds2d2_yolo.core.disw import SCORE_MODE, disw_weights, resolve_disw_mode, score_weights
 from ds2d2_yolo.core.dwt import DWT2d
 from ds2d2_yolo.integration.hooks import detection_head, freeze, head_features, match_channels
 from ds2d2_yolo.integration.teacher import refused_global, safe_loading, unsafe_file_error
 
 AUTO = "auto"  # an output path chosen like Ultralytics' predict: runs/<task>/<mode>, <mode>2, ...
-COLUMNS = ("input", "teacher LL", "teacher LH+HL+HH", "student LL", "student LH+HL+HH", "DISW")
+COLUMNS = ("input", "teacher LL", "teacher LH+HL+HH", "student LL", "student LH+HL+HH", "weights")
 BOX_SOURCES = ("auto", "labels", "teacher")
 PAD_VALUE = 114  # Ultralytics' letterbox grey, so the padded border looks to the models as it does in training
 
 
 @dataclass
 class LevelMaps:
-    """Per-cell maps of one head level on its wavelet-band grid (h, w), as float32 numpy arrays.
+    """Per-cell maps of one head level, as float32 numpy arrays: the bands on the wavelet grid (h, w).
 
     Attributes:
         name (str): Level name, e.g. "P3".
@@ -57,7 +58,9 @@ class LevelMaps:
         teacher_high (np.ndarray): RMS over teacher channels and the LH, HL, HH bands.
         student_ll (np.ndarray): RMS over student channels of the LL band.
         student_high (np.ndarray): RMS over student channels and the LH, HL, HH bands.
-        disw (np.ndarray): DISW weights (1 on background, each box adds a total of 1).
+        disw (np.ndarray): The explicit stream's weights: DISW on the band grid (1 on background, each box adds a
+            total of 1), the teacher's confidence on the feature grid (2h, 2w; mean 1), or ones for "none".
+        disw_mode (str): The rule that made `disw`: "hbb", "obb", "score" or "none".
         teacher_channels (int): Channels of the teacher's feature at this level.
         student_channels (int): Channels of the student's feature at this level.
     """
@@ -71,6 +74,7 @@ class LevelMaps:
     disw: np.ndarray
     teacher_channels: int
     student_channels: int
+    disw_mode: str = "obb"
 
 
 def load_model(weights: str | Path | nn.Module) -> nn.Module:
@@ -260,7 +264,7 @@ def band_maps(
     wave_mode: str = "zero",
     disw_mode: str = "auto",
 ) -> list[LevelMaps]:
-    """Compute the per-level band energies of teacher and student and the DISW map, on the band grids.
+    """Compute the per-level band energies of teacher and student and the explicit stream's weight map.
 
     Args:
         student (nn.Module): Student detect/OBB model (eval mode).
@@ -269,7 +273,8 @@ def band_maps(
         boxes (torch.Tensor): (N, 5) xywhr boxes in input pixels.
         wavelet (str): PyWavelets wavelet name.
         wave_mode (str): Signal-extension mode of the DWT.
-        disw_mode (str): "auto" (rotated rule for an OBB teacher, box hulls otherwise), "hbb" or "obb".
+        disw_mode (str): "auto" (rotated rule for an OBB teacher, box hulls otherwise), "hbb", "obb", "score" (the
+            teacher's confidence, as training weights the explicit stream with `disw=score`) or "none".
 
     Returns:
         (list[LevelMaps]): One entry per head level.
@@ -285,12 +290,20 @@ def band_maps(
     with torch.no_grad():
         t_feats = head_features(teacher, match_channels(img, int(teacher.yaml.get("channels", 3))))
         s_feats = head_features(student, match_channels(img, int(student.yaml.get("channels", 3))))
+        if disw_mode == SCORE_MODE:
+            scores = t_head.forward_head(t_feats, **t_head.one2many)["scores"]
+            conf_maps = score_weights(scores, [tuple(f.shape[-2:]) for f in t_feats])
         levels = []
         for i, (ft, fs) in enumerate(zip(t_feats, s_feats)):
             ll_t, hi_t = dwt(ft)
             ll_s, hi_s = dwt(fs)
             band_hw = tuple(ll_t.shape[-2:])
-            w = disw_weights(boxes.float(), torch.zeros(len(boxes)), 1, tuple(img.shape[-2:]), band_hw, disw_mode)
+            if disw_mode == SCORE_MODE:
+                w = conf_maps[i]
+            elif disw_mode == "none":
+                w = torch.ones(1, 1, *band_hw)
+            else:
+                w = disw_weights(boxes.float(), torch.zeros(len(boxes)), 1, tuple(img.shape[-2:]), band_hw, disw_mode)
             stride = int(t_head.stride[i])
             levels.append(
                 LevelMaps(
@@ -303,6 +316,7 @@ def band_maps(
                     disw=w[0, 0].cpu().numpy(),
                     teacher_channels=int(ft.shape[1]),
                     student_channels=int(fs.shape[1]),
+                    disw_mode=disw_mode,
                 )
             )
     return levels
@@ -314,7 +328,8 @@ def _panel(
     """Draw one map with its own colour scale and a colour bar.
 
     Feature maps are scaled from their minimum to their 99.5th percentile, so a few extreme cells (often the padding
-    edge) do not wash out the rest; a fixed `vmin` (DISW: the background weight 1) scales up to the true maximum.
+    edge) do not wash out the rest; a fixed `vmin` (DISW's background weight 1, or 0 for confidence) scales up to the
+    true maximum.
     """
     lo = float(np.min(data)) if vmin is None else vmin
     hi = float(np.percentile(data, 99.5)) if vmin is None else float(np.max(data))
@@ -339,7 +354,7 @@ def plot_levels(
         image_rgb (np.ndarray): The letterboxed input, HxWx3 RGB uint8.
         boxes (torch.Tensor): (N, 5) xywhr boxes in input pixels, outlined on the input panels.
         levels (list[LevelMaps]): Output of `band_maps`.
-        box_note (str): Where the boxes came from, for the DISW titles.
+        box_note (str): Where the boxes came from, for the figure title.
         path (Path): Output PNG.
         title (str): Figure title.
 
@@ -359,7 +374,7 @@ def plot_levels(
     nrow, ncol = len(levels), len(COLUMNS)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.7 * ncol, 2.55 * nrow + 0.5), squeeze=False)
     for r, lv in enumerate(levels):
-        gh, gw = lv.disw.shape
+        gh, gw = lv.teacher_ll.shape
         ax = axes[r, 0]
         ax.imshow(shown, extent=extent)
         ax.set_title(f"{lv.name} (stride {lv.stride}): bands {gh}x{gw}", fontsize=8)
@@ -370,7 +385,9 @@ def plot_levels(
         _panel(fig, axes[r, 2], lv.teacher_high, extent, f"teacher LH+HL+HH ({lv.teacher_channels} ch)", "magma")
         _panel(fig, axes[r, 3], lv.student_ll, extent, f"student LL ({lv.student_channels} ch, RMS)", "viridis")
         _panel(fig, axes[r, 4], lv.student_high, extent, f"student LH+HL+HH ({lv.student_channels} ch)", "magma")
-        _panel(fig, axes[r, 5], lv.disw, extent, f"DISW {lv.name}, max {lv.disw.max():.2f}", "inferno", vmin=1.0)
+        name = "confidence" if lv.disw_mode == SCORE_MODE else "DISW" if lv.disw_mode in {"hbb", "obb"} else "weights"
+        vmin = 0.0 if lv.disw_mode == SCORE_MODE else 1.0
+        _panel(fig, axes[r, 5], lv.disw, extent, f"{name} {lv.name}, max {lv.disw.max():.2f}", "inferno", vmin=vmin)
     fig.suptitle(f"{title}\nboxes: {box_note}; each panel has its own colour scale", fontsize=9)
     fig.tight_layout()
     layout = {
@@ -381,6 +398,7 @@ def plot_levels(
         "input": [h, w],
         "boxes": len(boxes),
         "box_source": box_note,
+        "disw": levels[0].disw_mode if levels else "",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, metadata={"Description": json.dumps(layout)})
@@ -399,8 +417,9 @@ def run_visualize(
     conf: float = 0.25,
     project: str | Path | None = None,
     name: str | None = None,
+    disw: str | None = None,
 ) -> Path:
-    """Write a PNG of the DWT bands of teacher and student features and the DISW map, per head level, for one image.
+    """Write a PNG of the DWT bands of teacher and student features and the weight map, per head level, for one image.
 
     Args:
         model (str | Path | nn.Module): The student: an Ultralytics .pt (or model yaml), e.g. a distilled best.pt.
@@ -409,20 +428,22 @@ def run_visualize(
         imgsz (int): Square input size; rounded up to a multiple of the models' largest stride (32).
         wavelet (str): Discrete PyWavelets wavelet, as in training (`wavelet=`).
         out (str | Path | None): Output PNG; "auto" (or None) is `bands.png` in a new `runs/<task>/visualize*` folder.
-        boxes (str | np.ndarray | torch.Tensor | None): Boxes for DISW. None or "auto": the image's label file
+        boxes (str | np.ndarray | torch.Tensor | None): Boxes to draw, and to weight by with a box-based `disw`.
+            None or "auto": the image's label file
             (Ultralytics `images/`->`labels/`, or DOTA `labelTxt/`) when one exists, else the teacher's predictions;
             "labels": the label file only; "teacher": the teacher's predictions; or an array of boxes in original
             image pixels, (N, 4) xyxy, (N, 5) xywhr (radians) or (N, 8) corners.
         conf (float): Confidence threshold for the teacher's predictions.
         project (str | Path | None): With `out="auto"`, the parent of the new folder (default `runs/<task>`).
         name (str | None): With `out="auto"`, the new folder's name (default "visualize").
+        disw (str | None): The weights to show, as training's `disw=` key; None is training's default.
 
     Returns:
         (Path): The written PNG. Its "Description" PNG text chunk holds the layout as JSON.
 
     Raises:
         FileNotFoundError: Missing model, teacher, image or (with boxes="labels") label file.
-        DS2D2ArgError: Bad wavelet, image size or box source.
+        DS2D2ArgError: Bad wavelet, image size, box source or weight rule.
     """
     if teacher in (None, ""):
         raise FileNotFoundError("visualize needs teacher=path/to/teacher.pt")
@@ -431,6 +452,9 @@ def run_visualize(
     if source in (None, "") or not Path(source).is_file():
         raise FileNotFoundError(f"visualize: image '{source}' not found; pass source=path/to/image")
     check_wavelet(wavelet)
+    disw = str(defaults()["disw"] if disw in (None, "") else disw).lower()
+    if disw not in DISW_MODES:
+        raise DS2D2ArgError(f"'disw={disw}' is unknown; choose one of {', '.join(DISW_MODES)}")
     if isinstance(boxes, str) and boxes.lower() not in BOX_SOURCES:
         raise DS2D2ArgError(f"'boxes={boxes}' is unknown; choose one of {', '.join(BOX_SOURCES)} or pass an array")
     if int(imgsz) < 1:
@@ -477,7 +501,7 @@ def run_visualize(
         else:
             xywhr = predict_boxes(t_model, img, conf=conf)
             note = f"{len(xywhr)} teacher predictions (conf >= {conf})"
-    levels = band_maps(s_model, t_model, img, xywhr, wavelet=wavelet)
+    levels = band_maps(s_model, t_model, img, xywhr, wavelet=wavelet, disw_mode=disw)
     names = [_label(m) for m in (model, teacher)]
     title = f"{source.name} at {size}x{size}, wavelet {wavelet}: student {names[0]} vs teacher {names[1]}"
     plot_levels(rgb, xywhr, levels, note, out, title)

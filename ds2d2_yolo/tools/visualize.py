@@ -59,7 +59,7 @@ class LevelMaps:
         student_ll (np.ndarray): RMS over student channels of the LL band.
         student_high (np.ndarray): RMS over student channels and the LH, HL, HH bands.
         disw (np.ndarray): The explicit stream's weights: DISW on the band grid (1 on background, each box adds a
-            total of 1), the teacher's confidence on the feature grid (2h, 2w; mean 1), or ones for "none".
+            total of 1), the teacher's confidence on the feature grid (mean 1 over the image), or ones for "none".
         disw_mode (str): The rule that made `disw`: "hbb", "obb", "score" or "none".
         teacher_channels (int): Channels of the teacher's feature at this level.
         student_channels (int): Channels of the student's feature at this level.

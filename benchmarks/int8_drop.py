@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--runtime", default="onnx", choices=("onnx", "openvino"), help="the INT8 route (see above)")
     ap.add_argument("--report", action="store_true", help="only rebuild the table from the records")
     a = ap.parse_args()
-    own = a.folder.name.split("-", 1)[1]  # dota-report -> report
+    own = a.folder.name.split("-")[1]  # dota-report -> report; dota-report-<config> (regimes.py --config) too
     split = a.split or own
     options = quantize_options(a.set)
     if options and not a.tag:

@@ -248,9 +248,7 @@ def check_args(args: dict[str, Any] | None) -> dict[str, Any]:
     cfg["wavelet"] = check_wavelet(cfg["wavelet"])
     if cfg["wave_mode"] not in WAVE_MODES:
         raise DS2D2ArgError(f"'wave_mode={cfg['wave_mode']}' is unknown; choose one of {', '.join(WAVE_MODES)}")
-    cfg["disw"] = str(cfg["disw"]).lower()
-    if cfg["disw"] not in DISW_MODES:
-        raise DS2D2ArgError(f"'disw={cfg['disw']}' is unknown; choose one of {', '.join(DISW_MODES)}")
+    cfg["disw"] = check_disw(cfg["disw"])
     for k in ("teacher", "amplifier"):
         cfg[k] = str(cfg[k]) if cfg[k] not in (None, "", "None", "none") else None
     return cfg
@@ -264,6 +262,14 @@ def check_wavelet(wave: Any) -> str:
             "(see pywt.wavelist(kind='discrete'))"
         )
     return str(wave)
+
+
+def check_disw(mode: Any) -> str:
+    """The `disw=` value in lower case, or a one-line DS2D2ArgError naming the rules there are."""
+    mode = str(mode).lower()
+    if mode not in DISW_MODES:
+        raise DS2D2ArgError(f"'disw={mode}' is unknown; choose one of {', '.join(DISW_MODES)}")
+    return mode
 
 
 def warn_args(cfg: dict[str, Any]) -> list[str]:

@@ -35,7 +35,7 @@ from ultralytics.utils.files import increment_path
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import xywhr2xyxyxyxy, xyxyxyxy2xywhr
 
-from ds2d2_yolo.config import DISW_MODES, DS2D2ArgError, check_wavelet, defaults
+from ds2d2_yolo.config import DS2D2ArgError, check_disw, check_wavelet, defaults
 from ds2d2_yolo.core.disw import SCORE_MODE, disw_weights, resolve_disw_mode, score_weights
 from ds2d2_yolo.core.dwt import DWT2d
 from ds2d2_yolo.integration.hooks import detection_head, freeze, head_features, match_channels
@@ -452,9 +452,7 @@ def run_visualize(
     if source in (None, "") or not Path(source).is_file():
         raise FileNotFoundError(f"visualize: image '{source}' not found; pass source=path/to/image")
     check_wavelet(wavelet)
-    disw = str(defaults()["disw"] if disw in (None, "") else disw).lower()
-    if disw not in DISW_MODES:
-        raise DS2D2ArgError(f"'disw={disw}' is unknown; choose one of {', '.join(DISW_MODES)}")
+    disw = check_disw(defaults()["disw"] if disw in (None, "") else disw)
     if isinstance(boxes, str) and boxes.lower() not in BOX_SOURCES:
         raise DS2D2ArgError(f"'boxes={boxes}' is unknown; choose one of {', '.join(BOX_SOURCES)} or pass an array")
     if int(imgsz) < 1:
